@@ -1,0 +1,250 @@
+"""Walk PGDATA and tablespaces the way Barman archives them, and cut the walk into chunks.
+
+Every archive (PGDATA as `data`, each tablespace by its OID) is walked in one deterministic
+order: entries sorted by name, a directory compared as `name/`. In that order a path sorts
+right after its parent and before the parent's next sibling, so a chunk is fully described by
+the keys of its first and last entry. That keeps chunk descriptors tiny (XCom stays small for
+a million files) and lets an upload task re-walk only the subtrees its range covers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+from .errors import BackupFailed
+
+DATA = "data"
+
+# Contents dropped, directory kept (anchored at the PGDATA root), as Barman and pg_basebackup do.
+_DATA_EMPTY_DIRS = frozenset(
+    {
+        "pg_wal",
+        "pg_xlog",
+        "pg_log",
+        "log",
+        "pg_dynshmem",
+        "pg_notify",
+        "pg_replslot",
+        "pg_serial",
+        "pg_stat_tmp",
+        "pg_snapshots",
+        "pg_subtrans",
+    }
+)
+# Files dropped at the PGDATA root. pg_control is added by the stop step, so it is the newest
+# copy; backup_label/tablespace_map would be leftovers of an exclusive backup.
+_DATA_ROOT_FILES = frozenset(
+    {
+        "postmaster.pid",
+        "postmaster.opts",
+        "recovery.conf",
+        "standby.signal",
+        "backup_label",
+        "backup_label.old",
+        "tablespace_map",
+        "backup_manifest",
+    }
+)
+# Names dropped at any depth, in every archive.
+_ANYWHERE = ("pgsql_tmp*", "postgresql.auto.conf.tmp", "current_logfiles.tmp", "pg_internal.init")
+
+TAR_BLOCK = 512
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One walked filesystem entry."""
+
+    key: str  # sort key: relative path, with a trailing "/" for directories ("" is the root)
+    path: str  # absolute path on disk
+    name: str  # member name inside the archive
+    st: os.stat_result
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.st.st_mode)
+
+    @property
+    def tar_size(self) -> int:
+        """Bytes this entry takes in a tar stream (header, padded data, long-name headers)."""
+        size = TAR_BLOCK
+        if stat.S_ISREG(self.st.st_mode):
+            size += -(-self.st.st_size // TAR_BLOCK) * TAR_BLOCK
+        if len(self.name.encode()) > 99:
+            size += 3 * TAR_BLOCK
+        return size
+
+
+@dataclass(frozen=True)
+class ArchiveRoot:
+    """Where one archive's files come from."""
+
+    archive: str  # "data" or a tablespace OID
+    path: str
+    tablespace_prefix: str | None = None  # "PG_15_" for tablespaces: only that subtree is kept
+    skip: tuple[str, ...] = ()  # relative paths to leave out (tablespaces located inside PGDATA)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A contiguous range of one archive's walk: the unit of work of one upload task."""
+
+    archive: str
+    index: int
+    first: str
+    last: str
+    planned_bytes: int
+    files: int
+
+    @property
+    def name(self) -> str:
+        """Object stem as Barman names split archives: `data`, `data_0001`, `16384_0002`."""
+        return self.archive if self.index == 0 else f"{self.archive}_{self.index:04d}"
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> Chunk:
+        return cls(**data)  # type: ignore[arg-type]
+
+
+def _excluded(root: ArchiveRoot, rel: str, name: str, is_dir: bool, depth: int) -> bool:
+    if any(fnmatchcase(name, pattern) for pattern in _ANYWHERE):
+        return True
+    parent = rel.rpartition("/")[0]
+    # temporary relations: <digits...>/t<digits>_<digits...>, e.g. base/5/t3_16384
+    if not is_dir and fnmatchcase(name, "t[0-9]*_[0-9]*") and fnmatchcase(
+        parent.rpartition("/")[2], "[0-9]*"
+    ):
+        return True
+    if root.archive == DATA:
+        if depth == 1:
+            return (not is_dir and name in _DATA_ROOT_FILES) or rel in root.skip
+        if depth == 2 and parent in _DATA_EMPTY_DIRS:
+            return True
+        return rel == "global/pg_control" or rel in root.skip
+    return depth == 1 and not (is_dir and root.tablespace_prefix and name.startswith(
+        root.tablespace_prefix
+    ))
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def walk(root: ArchiveRoot, lo: str = "", hi: str | None = None) -> Iterator[Entry]:
+    """Yield the archive's entries with lo <= key <= hi, in key order.
+
+    Symlinked directories (pg_tblspc/<oid>, a symlinked pg_wal) are never archived, as in
+    Barman; symlinks to files are kept as symlinks. Entries that vanish are skipped.
+    """
+    top = _lstat(root.path)
+    if top is None:
+        raise BackupFailed(f"directory {root.path} does not exist")
+    if root.archive == DATA and lo <= "" and (hi is None or hi >= ""):
+        yield Entry("", root.path, ".", top)
+    yield from _walk_dir(root, root.path, "", 1, lo, hi)
+
+
+def _walk_dir(
+    root: ArchiveRoot, path: str, rel_dir: str, depth: int, lo: str, hi: str | None
+) -> Iterator[Entry]:
+    try:
+        with os.scandir(path) as it:
+            listing = [(e.name, e.path, e.is_dir(follow_symlinks=False)) for e in it]
+    except FileNotFoundError:
+        return
+    except PermissionError as exc:
+        raise BackupFailed(f"cannot read {path}: permission denied") from exc
+    listing.sort(key=lambda item: item[0] + "/" if item[2] else item[0])
+    for name, full, is_dir in listing:
+        rel = f"{rel_dir}{name}"
+        key = rel + "/" if is_dir else rel
+        if hi is not None and key > hi:
+            return
+        if key < lo and not (is_dir and lo.startswith(key)):
+            continue
+        if _excluded(root, rel, name, is_dir, depth):
+            continue
+        st = _lstat(full)
+        if st is None:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            if os.path.isdir(full):
+                continue  # symlinked directories are not archived
+        elif not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+            continue  # sockets, fifos, devices
+        if key >= lo:
+            yield Entry(key, full, rel, st)
+        if is_dir:
+            yield from _walk_dir(root, full, key, depth + 1, lo, hi)
+
+
+def chunk_target(total_bytes: int, jobs: int, max_archive_size: int) -> int:
+    """Bytes per chunk: enough chunks to keep every job busy, none above --max-archive-size.
+
+    Four chunks per job balance archives that compress at different speeds; a floor of 64 MiB
+    keeps small clusters from turning into hundreds of tiny objects.
+    """
+    balanced = max(64 << 20, math.ceil(total_bytes / (jobs * 4)))
+    return max(1, min(max_archive_size, balanced))
+
+
+def plan_chunks(roots: list[ArchiveRoot], jobs: int, max_archive_size: int) -> list[Chunk]:
+    """Walk every archive once and cut it into chunks of about `chunk_target` bytes each.
+
+    A file is never split, so a chunk can exceed the target by at most one file (PostgreSQL
+    files are at most 1 GiB). Every archive yields at least one chunk: Barman's restore needs
+    the unnumbered main object.
+    """
+    walks = {root.archive: list(walk(root)) for root in roots}
+    total = sum(e.tar_size for entries in walks.values() for e in entries)
+    target = chunk_target(total, jobs, max_archive_size)
+    chunks: list[Chunk] = []
+    for root in roots:
+        entries = walks[root.archive]
+        start, size, files = 0, 0, 0
+        for i, entry in enumerate(entries):
+            if size and size + entry.tar_size > target:
+                chunks.append(_chunk(root.archive, chunks, entries, start, i - 1, size, files))
+                start, size, files = i, 0, 0
+            size += entry.tar_size
+            files += 0 if entry.is_dir else 1
+        if size or not any(c.archive == root.archive for c in chunks):
+            last = len(entries) - 1
+            chunks.append(_chunk(root.archive, chunks, entries, start, last, size, files))
+    return chunks
+
+
+def _chunk(
+    archive: str, chunks: list[Chunk], entries: list[Entry], start: int, end: int, size: int,
+    files: int,
+) -> Chunk:
+    index = sum(1 for c in chunks if c.archive == archive)
+    if not entries:  # an empty tablespace still gets its (empty) main archive
+        return Chunk(archive, index, "\x00", "\x00", 0, 0)
+    return Chunk(archive, index, entries[start].key, entries[end].key, size, files)
+
+
+def tablespace_prefix(major: str) -> str:
+    """The per-version directory PostgreSQL creates inside a tablespace: `PG_15_`, `PG_9.6_`."""
+    return f"PG_{major}_"
+
+
+def relative_inside(path: str, pgdata: str) -> str | None:
+    """The path relative to PGDATA if it lies inside it, else None."""
+    real, base = Path(os.path.realpath(path)), Path(os.path.realpath(pgdata))
+    try:
+        return str(real.relative_to(base))
+    except ValueError:
+        return None

@@ -1,0 +1,321 @@
+"""The steps of a backup, each one function that the runner and an Airflow operator both call.
+
+start_backup -> upload_chunk (once per chunk, in any process) -> stop_backup, or fail_backup
+on any error. What passes between steps is a `BackupState`: plain JSON-able data with no
+secrets, small enough for XCom whatever the cluster's file count.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from . import backup_info as bi
+from .archive import TarWriter
+from .codecs import get_codec
+from .errors import BackupFailed
+from .pgdata import DATA, ArchiveRoot, Chunk, plan_chunks, relative_inside, tablespace_prefix, walk
+from .progress import Progress
+from .session import BackupSession
+from .sizes import format_size
+from .storage.base import ObjectStore, StoreConfig
+from .upload import PartWriter, part_size_for
+
+log = logging.getLogger("pgcloud")
+
+DEFAULT_MAX_ARCHIVE_SIZE = 100 << 30
+DEFAULT_MIN_CHUNK_SIZE = 5 << 20
+
+
+@dataclass(frozen=True)
+class BackupOptions:
+    """What a backup needs to know, from the command line or from operator arguments."""
+
+    server_name: str
+    store: StoreConfig
+    conninfo: str = ""
+    compression: str | None = None
+    jobs: int = 2
+    max_archive_size: int = DEFAULT_MAX_ARCHIVE_SIZE
+    min_chunk_size: int = DEFAULT_MIN_CHUNK_SIZE
+    immediate_checkpoint: bool = False
+    backup_name: str | None = None
+    max_bandwidth: int | None = None
+
+
+@dataclass
+class BackupState:
+    """A started backup, as handed from the start step to the upload and stop steps."""
+
+    backup_id: str
+    prefix: str
+    store: StoreConfig
+    compression: str | None
+    min_chunk_size: int
+    backup_name: str | None
+    jobs: int
+    info: dict[str, Any]
+    roots: list[ArchiveRoot]
+    chunks: list[Chunk]
+    started_at: float = field(default_factory=time.time)
+    session_address: str | None = None  # the keeper's socket, when the session lives in one
+
+    @property
+    def planned_bytes(self) -> int:
+        return sum(chunk.planned_bytes for chunk in self.chunks)
+
+    def root(self, archive: str) -> ArchiveRoot:
+        return next(root for root in self.roots if root.archive == archive)
+
+    def to_dict(self) -> dict[str, Any]:
+        info = dict(self.info)
+        info["begin_time"] = info["begin_time"].isoformat()
+        return {
+            "backup_id": self.backup_id,
+            "prefix": self.prefix,
+            "store": self.store.to_dict(),
+            "compression": self.compression,
+            "min_chunk_size": self.min_chunk_size,
+            "backup_name": self.backup_name,
+            "jobs": self.jobs,
+            "info": info,
+            "roots": [asdict(root) for root in self.roots],
+            "chunks": [chunk.to_dict() for chunk in self.chunks],
+            "started_at": self.started_at,
+            "session_address": self.session_address,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BackupState:
+        info = dict(data["info"])
+        info["begin_time"] = dt.datetime.fromisoformat(info["begin_time"])
+        if info.get("tablespaces"):
+            info["tablespaces"] = [tuple(t) for t in info["tablespaces"]]
+        return cls(
+            backup_id=data["backup_id"],
+            prefix=data["prefix"],
+            store=StoreConfig.from_dict(data["store"]),
+            compression=data["compression"],
+            min_chunk_size=data["min_chunk_size"],
+            backup_name=data["backup_name"],
+            jobs=data["jobs"],
+            info=info,
+            roots=[ArchiveRoot(**{**r, "skip": tuple(r["skip"])}) for r in data["roots"]],
+            chunks=[Chunk.from_dict(c) for c in data["chunks"]],
+            started_at=data["started_at"],
+            session_address=data.get("session_address"),
+        )
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    name: str
+    key: str
+    raw_bytes: int
+    stored_bytes: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _archive_roots(
+    pgdata: str, tablespaces: list[tuple[str, int, str]], major: str
+) -> list[ArchiveRoot]:
+    inside = tuple(
+        rel for _, _, location in tablespaces if (rel := relative_inside(location, pgdata))
+    )
+    roots = [ArchiveRoot(DATA, os.path.realpath(pgdata), skip=inside)]
+    roots += [
+        ArchiveRoot(str(oid), location, tablespace_prefix=tablespace_prefix(major))
+        for _, oid, location in tablespaces
+    ]
+    return roots
+
+
+def _check_readable(path: str) -> None:
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise BackupFailed(
+            f"cannot read {path}: permission denied (run as the PostgreSQL OS user)"
+        )
+
+
+def _unique_backup_id(store: ObjectStore, server_name: str) -> str:
+    """Barman's second-resolution ID, waiting a second if that ID is already taken."""
+    while True:
+        backup_id = bi.new_backup_id()
+        prefix = bi.backup_prefix(store.base_path, server_name, backup_id)
+        if not any(True for _ in store.list(prefix + "/")):
+            return backup_id
+        time.sleep(1)
+
+
+def start_backup(options: BackupOptions, session: BackupSession, store: ObjectStore) -> BackupState:
+    """Start the PostgreSQL backup, record it as STARTED, and plan the chunks.
+
+    PGDATA and tablespace access is checked before the backup starts, so an unreadable data
+    directory starts nothing. On failure after pg_backup_start the caller runs `fail_backup`.
+    """
+    cluster = session.cluster_info()
+    tablespaces = [(t.name, t.oid, t.location) for t in cluster.tablespaces]
+    roots = _archive_roots(cluster.pgdata, tablespaces, cluster.major)
+    for root in roots:
+        _check_readable(root.path)
+    store.check()
+    backup_id = _unique_backup_id(store, options.server_name)
+    prefix = bi.backup_prefix(store.base_path, options.server_name, backup_id)
+    start = session.start(f"Barman backup cloud {backup_id}", options.immediate_checkpoint)
+    begin_wal, begin_offset = bi.wal_name(start.lsn, start.timeline, cluster.xlog_segment_size)
+    info: dict[str, Any] = {
+        "status": bi.STARTED,
+        "server_name": "cloud",
+        "pgdata": cluster.pgdata,
+        "version": cluster.version,
+        "xlog_segment_size": cluster.xlog_segment_size,
+        "config_file": cluster.config_file,
+        "hba_file": cluster.hba_file,
+        "ident_file": cluster.ident_file,
+        "included_files": cluster.included_files,
+        "tablespaces": tablespaces or None,
+        "data_checksums": cluster.data_checksums,
+        "summarize_wal": cluster.summarize_wal,
+        "cluster_size": cluster.cluster_size,
+        "systemid": cluster.systemid,
+        "begin_time": start.time,
+        "begin_xlog": start.lsn,
+        "begin_wal": begin_wal,
+        "begin_offset": begin_offset,
+        "timeline": start.timeline,
+    }
+    state = BackupState(
+        backup_id=backup_id, prefix=prefix, store=options.store, compression=options.compression,
+        min_chunk_size=options.min_chunk_size, backup_name=options.backup_name,
+        jobs=options.jobs, info=info, roots=roots, chunks=[],
+    )
+    store.put(bi.info_key(prefix), bi.encode(info))
+    state.chunks = plan_chunks(roots, options.jobs, options.max_archive_size)
+    log.info(
+        "backup %s started at %s: %s in %d archive objects",
+        backup_id, start.lsn, format_size(state.planned_bytes), len(state.chunks),
+    )
+    return state
+
+
+def upload_chunk(
+    state: BackupState,
+    chunk: Chunk,
+    store: ObjectStore,
+    *,
+    throttle: Callable[[int], None] | None = None,
+    cancelled: threading.Event | Any | None = None,
+) -> ChunkResult:
+    """Stream one chunk's files as one compressed tar object. Safe to retry: same key."""
+    codec = get_codec(state.compression)
+    key = bi.archive_key(state.prefix, chunk.name, codec.suffix)
+    writer = PartWriter(
+        store, key, part_size_for(chunk.planned_bytes, state.min_chunk_size, store),
+        throttle=throttle,
+    )
+    tar = TarWriter(codec.new(), writer.write)
+    progress = Progress(chunk.name, chunk.planned_bytes, log)
+    try:
+        for entry in walk(state.root(chunk.archive), chunk.first, chunk.last):
+            if cancelled is not None and cancelled.is_set():
+                raise BackupFailed("cancelled because another part of the backup failed")
+            before = tar.raw_bytes
+            if entry.is_dir:
+                tar.add_dir(entry.name, entry.st)
+            elif stat.S_ISLNK(entry.st.st_mode):
+                tar.add_symlink(entry.name, entry.path, entry.st)
+            else:
+                tar.add_file(entry.name, entry.path)
+            progress.advance(tar.raw_bytes - before)
+        tar.close()
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    log.info("%s stored as %s (%s): %s", chunk.name, key.rpartition("/")[2],
+             format_size(writer.bytes_written), progress.summary())
+    return ChunkResult(chunk.name, key, tar.raw_bytes, writer.bytes_written, progress.seconds)
+
+
+def _label_chunk_index(state: BackupState) -> int:
+    return sum(1 for chunk in state.chunks if chunk.archive == DATA)
+
+
+def expected_keys(state: BackupState) -> list[str]:
+    """Every archive object a finished backup must have."""
+    suffix = get_codec(state.compression).suffix
+    stems = [chunk.name for chunk in state.chunks]
+    stems.append(f"{DATA}_{_label_chunk_index(state):04d}")
+    return [bi.archive_key(state.prefix, stem, suffix) for stem in stems]
+
+
+def stop_backup(state: BackupState, session: BackupSession, store: ObjectStore) -> dict[str, Any]:
+    """Stop the backup, store pg_control and backup_label last, then write backup.info DONE.
+
+    DONE is written only after every expected object is confirmed in the store, so a backup
+    with a missing piece can never be listed as complete.
+    """
+    pgdata = state.root(DATA).path
+    control_path = os.path.join(pgdata, "global", "pg_control")
+    with open(control_path, "rb") as handle:
+        pg_control = handle.read()
+    point = session.stop(f"barman_{state.backup_id}")
+    codec = get_codec(state.compression)
+    key = bi.archive_key(state.prefix, f"{DATA}_{_label_chunk_index(state):04d}", codec.suffix)
+    writer = PartWriter(store, key, part_size_for(0, state.min_chunk_size, store))
+    tar = TarWriter(codec.new(), writer.write)
+    try:
+        tar.add_bytes("global/pg_control", pg_control)
+        tar.add_bytes("backup_label", point.backup_label.encode(), mode=0o600)
+        tar.close()
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    stored = {name for name, _ in store.list(state.prefix + "/")}
+    missing = [k for k in expected_keys(state) if k not in stored]
+    if missing:
+        raise BackupFailed(f"archive objects missing from the store: {', '.join(missing)}")
+    info = dict(state.info)
+    segment = info["xlog_segment_size"]
+    end_wal, end_offset = bi.wal_name(point.lsn, point.timeline, segment)
+    elapsed = time.time() - state.started_at
+    info.update(
+        status=bi.DONE,
+        backup_label=point.backup_label,
+        end_time=point.time,
+        end_xlog=point.lsn,
+        end_wal=end_wal,
+        end_offset=end_offset,
+        backup_name=state.backup_name,
+        copy_stats={"total_time": round(elapsed, 6), "number_of_workers": state.jobs,
+                    "analysis_time": 0, "copy_time": round(elapsed, 6)},
+    )
+    store.put(bi.info_key(state.prefix), bi.encode(info))
+    log.info("backup %s DONE: %s planned, stop at %s, %.1fs in all",
+             state.backup_id, format_size(state.planned_bytes), point.lsn, elapsed)
+    return info
+
+
+def fail_backup(state: BackupState, store: ObjectStore, reason: str,
+                session: BackupSession | None = None) -> None:
+    """Abort the database backup (if we still hold it) and record the backup as FAILED."""
+    if session is not None:
+        try:
+            session.abort()
+        except Exception as exc:  # the session may be what broke
+            log.warning("could not abort the database backup session: %s", exc)
+    reason = (reason.strip().splitlines() or ["unknown error"])[0]
+    info = dict(state.info, status=bi.FAILED, error=reason, backup_name=state.backup_name)
+    store.put(bi.info_key(state.prefix), bi.encode(info))
+    log.error("backup %s FAILED: %s", state.backup_id, reason)

@@ -6,6 +6,7 @@ is imported lazily, so a database host needs only the SDK of the store it writes
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -25,18 +26,14 @@ class StoreConfig:
     encryption: str | None = None
     sse_kms_key_id: str | None = None
     tags: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    azure_credential: str | None = None  # azure-cli | managed-identity | default
+    encryption_scope: str | None = None
+    kms_key_name: str | None = None
 
     def to_dict(self) -> dict[str, object]:
-        return {
-            "destination_url": self.destination_url,
-            "cloud_provider": self.cloud_provider,
-            "endpoint_url": self.endpoint_url,
-            "aws_profile": self.aws_profile,
-            "read_timeout": self.read_timeout,
-            "encryption": self.encryption,
-            "sse_kms_key_id": self.sse_kms_key_id,
-            "tags": [list(tag) for tag in self.tags],
-        }
+        values = dataclasses.asdict(self)
+        values["tags"] = [list(tag) for tag in self.tags]
+        return values
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> StoreConfig:

@@ -22,7 +22,7 @@ from .postgres import build_conninfo
 from .progress import configure_logging
 from .sizes import parse_size
 from .steps import DEFAULT_MIN_CHUNK_SIZE, BackupOptions
-from .storage import StoreConfig, open_store
+from .storage import PROVIDERS, StoreConfig, open_store
 
 PROG = "pgcloud"
 log = logging.getLogger("pgcloud")
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="decrease output verbosity (-qq is less than -q)")
     general.add_argument("-t", "--test", action="store_true",
                          help="test cloud connectivity and exit")
-    general.add_argument("--cloud-provider", choices=["aws-s3"], default="aws-s3",
+    general.add_argument("--cloud-provider", choices=list(PROVIDERS), default="aws-s3",
                          help="the cloud provider to use as a storage backend")
     compression = general.add_mutually_exclusive_group()
     for flags, name, text in (
@@ -134,6 +134,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="server-side encryption of the uploaded data in S3")
     s3.add_argument("--sse-kms-key-id",
                     help="the AWS KMS key ID used to encrypt the data; only with -e aws:kms")
+    azure = parser.add_argument_group("azure-blob-storage")
+    azure.add_argument("--azure-credential", "--credential", dest="azure_credential",
+                       choices=["azure-cli", "managed-identity", "default"],
+                       help="type of credential to use when authenticating with Azure; if "
+                       "omitted, credentials come from the environment (connection string, "
+                       "account key or SAS token); --credential is deprecated")
+    azure.add_argument("--encryption-scope",
+                       help="the name of an encryption scope defined in the Azure Blob Storage "
+                       "service, used to encrypt the data in Azure")
+    gcs = parser.add_argument_group("google-cloud-storage")
+    gcs.add_argument("--kms-key-name",
+                     help="the name of the GCP KMS key used to encrypt the data in GCS")
     return parser
 
 
@@ -165,6 +177,9 @@ def store_config(args: argparse.Namespace) -> StoreConfig:
         encryption=args.encryption,
         sse_kms_key_id=args.sse_kms_key_id,
         tags=tuple(args.tags),
+        azure_credential=args.azure_credential,
+        encryption_scope=args.encryption_scope,
+        kms_key_name=args.kms_key_name,
     )
 
 

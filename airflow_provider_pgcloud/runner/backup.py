@@ -10,7 +10,18 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+import threading
+from collections.abc import Callable
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
+from functools import partial
+from types import SimpleNamespace
 from typing import Any
 
 from .errors import BackupFailed, PgCloudError
@@ -26,17 +37,20 @@ from .steps import (
     stop_backup,
     upload_chunk,
 )
-from .storage import open_store
+from .storage import ObjectStore, open_store
+from .upload import BandwidthLimit
 
 log = logging.getLogger("pgcloud")
 KEEPALIVE_SECONDS = 30
 
 _cancelled: Any = None
+_throttle: BandwidthLimit | None = None
 
 
-def _init_worker(level: int, cancelled: Any) -> None:
-    global _cancelled
+def _init_worker(level: int, cancelled: Any, bandwidth: tuple[int, Any, Any] | None) -> None:
+    global _cancelled, _throttle
     _cancelled = cancelled
+    _throttle = BandwidthLimit(*bandwidth) if bandwidth else None
     configure_logging(level)
 
 
@@ -44,10 +58,19 @@ def _chunk_worker(state: dict[str, Any], chunk: dict[str, Any]) -> dict[str, Any
     backup = BackupState.from_dict(state)
     store = open_store(backup.store)
     try:
-        result = upload_chunk(backup, Chunk.from_dict(chunk), store, cancelled=_cancelled)
+        result = upload_chunk(
+            backup, Chunk.from_dict(chunk), store, throttle=_throttle, cancelled=_cancelled
+        )
     finally:
         store.close()
     return result.to_dict()
+
+
+def _chunk_thread(
+    state: BackupState, chunk: Chunk, store: ObjectStore, cancelled: threading.Event,
+    throttle: BandwidthLimit | None,
+) -> dict[str, Any]:
+    return upload_chunk(state, chunk, store, throttle=throttle, cancelled=cancelled).to_dict()
 
 
 def _describe(exc: BaseException) -> str:
@@ -55,20 +78,48 @@ def _describe(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def upload_chunks(state: BackupState, jobs: int, session: BackupSession) -> list[ChunkResult]:
-    """Upload every chunk with `jobs` worker processes; the first failure cancels the rest."""
-    context = multiprocessing.get_context("spawn")
-    cancelled = context.Event()
+def upload_chunks(
+    state: BackupState, jobs: int, session: BackupSession, store: ObjectStore | None = None,
+    max_bandwidth: int | None = None,
+) -> list[ChunkResult]:
+    """Upload every chunk with `jobs` workers; the first failure cancels the rest.
+
+    Workers are processes that open their own store from the environment; when the caller
+    passes a `store` (opened with credentials a spawned process cannot inherit, such as an
+    Airflow connection's), they are threads sharing it (the codecs release the GIL).
+    `max_bandwidth` (bytes/s) caps all workers together.
+    """
+    workers = max(1, min(jobs, len(state.chunks)))
+    cancelled: Any
+    pool: Executor
+    tasks: list[Callable[[], dict[str, Any]]]
+    if store is None:
+        context = multiprocessing.get_context("spawn")
+        cancelled = context.Event()
+        bandwidth = (
+            (max_bandwidth, context.Value("d", 0.0), context.Lock()) if max_bandwidth else None
+        )
+        pool = ProcessPoolExecutor(
+            max_workers=workers, mp_context=context, initializer=_init_worker,
+            initargs=(logging.getLogger().level, cancelled, bandwidth),
+        )
+        payload = state.to_dict()
+        tasks = [partial(_chunk_worker, payload, chunk.to_dict()) for chunk in state.chunks]
+    else:
+        cancelled = threading.Event()
+        throttle = (
+            BandwidthLimit(max_bandwidth, SimpleNamespace(value=0.0), threading.Lock())
+            if max_bandwidth else None
+        )
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chunk")
+        tasks = [
+            partial(_chunk_thread, state, chunk, store, cancelled, throttle)
+            for chunk in state.chunks
+        ]
     progress = Progress("backup", state.planned_bytes, log, interval=0)
     results: list[ChunkResult] = []
-    payload = state.to_dict()
-    with ProcessPoolExecutor(
-        max_workers=max(1, min(jobs, len(state.chunks))), mp_context=context,
-        initializer=_init_worker, initargs=(logging.getLogger().level, cancelled),
-    ) as pool:
-        pending: set[Future[dict[str, Any]]] = {
-            pool.submit(_chunk_worker, payload, chunk.to_dict()) for chunk in state.chunks
-        }
+    with pool:
+        pending: set[Future[dict[str, Any]]] = {pool.submit(task) for task in tasks}
         try:
             while pending:
                 done, pending = wait(pending, timeout=KEEPALIVE_SECONDS,
@@ -86,16 +137,24 @@ def upload_chunks(state: BackupState, jobs: int, session: BackupSession) -> list
     return results
 
 
-def run_backup(options: BackupOptions) -> str:
-    """Take one complete backup; return its ID. Raises a PgCloudError on failure."""
-    session = LocalSession(options.conninfo)
-    store = open_store(options.store)
+def run_backup(
+    options: BackupOptions, *, session: BackupSession | None = None,
+    store: ObjectStore | None = None,
+) -> str:
+    """Take one complete backup; return its ID. Raises a PgCloudError on failure.
+
+    A caller may bring its own session and store (an Airflow operator does, with its
+    connections' credentials); both are closed at the end, as the ones made here are.
+    """
+    session = session or LocalSession(options.conninfo)
+    upload_store = store
+    store = store or open_store(options.store)
     state: BackupState | None = None
     phase = "starting the backup"
     try:
         state = start_backup(options, session, store)
         phase = "uploading data"
-        upload_chunks(state, options.jobs, session)
+        upload_chunks(state, options.jobs, session, upload_store, options.max_bandwidth)
         phase = "stopping the backup"
         stop_backup(state, session, store)
         return state.backup_id

@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: 100GB)")
     backup.add_argument("--min-chunk-size", type=_size, default=DEFAULT_MIN_CHUNK_SIZE,
                         help="minimum size of an individual upload part (default: 5MB)")
+    backup.add_argument("--max-bandwidth", type=_size,
+                        help="the maximum amount of data to be uploaded per second, for the "
+                        "whole backup across all jobs (default: no limit)")
     backup.add_argument("-n", "--name", dest="backup_name", type=_backup_name,
                         help="a name which can be used to reference this backup in "
                         "barman-cloud-restore and barman-cloud-backup-delete")
@@ -185,6 +188,8 @@ def store_config(args: argparse.Namespace) -> StoreConfig:
 
 def run(args: argparse.Namespace) -> int:
     config = store_config(args)
+    log.debug("%s %s to %s (%s)", PROG, __version__, config.destination_url,
+              config.cloud_provider)
     if args.test:
         store = open_store(config)
         try:
@@ -207,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
         min_chunk_size=args.min_chunk_size,
         immediate_checkpoint=args.immediate_checkpoint,
         backup_name=args.backup_name,
+        max_bandwidth=args.max_bandwidth,
     )
     run_backup(options)
     return 0

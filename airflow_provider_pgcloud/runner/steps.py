@@ -201,6 +201,9 @@ def start_backup(options: BackupOptions, session: BackupSession, store: ObjectSt
     )
     store.put(bi.info_key(prefix), bi.encode(info))
     state.chunks = plan_chunks(roots, options.jobs, options.max_archive_size)
+    for chunk in state.chunks:
+        log.debug("chunk %s: %d files, %s, %r .. %r", chunk.name, chunk.files,
+                  format_size(chunk.planned_bytes), chunk.first, chunk.last)
     log.info(
         "backup %s started at %s: %s in %d archive objects",
         backup_id, start.lsn, format_size(state.planned_bytes), len(state.chunks),

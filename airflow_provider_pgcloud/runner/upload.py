@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 from .errors import BackupFailed
 from .storage.base import MultipartUpload, ObjectStore
@@ -132,3 +134,24 @@ class PartWriter:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+class BandwidthLimit:
+    """--max-bandwidth for the whole backup, shared by every worker process.
+
+    Each part reserves the next free slot on one shared timeline (`n / rate` seconds long) and
+    sleeps until its slot starts, so the jobs together never send faster than `rate` bytes per
+    second however many of them there are. CLOCK_MONOTONIC is system-wide on Linux, so worker
+    processes can share the timeline.
+    """
+
+    def __init__(self, rate: int, timeline: Any, lock: Any) -> None:
+        self.rate, self._timeline, self._lock = rate, timeline, lock
+
+    def __call__(self, nbytes: int) -> None:
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._timeline.value)
+            self._timeline.value = start + nbytes / self.rate
+        if start > now:
+            time.sleep(start - now)

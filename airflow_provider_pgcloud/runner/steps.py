@@ -48,6 +48,7 @@ class BackupOptions:
     immediate_checkpoint: bool = False
     backup_name: str | None = None
     max_bandwidth: int | None = None
+    keepalive_interval: float = 60
 
 
 @dataclass

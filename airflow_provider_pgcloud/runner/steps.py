@@ -263,6 +263,34 @@ def expected_keys(state: BackupState) -> list[str]:
     return [bi.archive_key(state.prefix, stem, suffix) for stem in stems]
 
 
+def _external_config_files(state: BackupState) -> list[tuple[str, bytes, int]]:
+    """postgresql.conf, pg_hba.conf and pg_ident.conf kept outside PGDATA (Debian keeps them in
+    /etc/postgresql), stored in the data archive under their base names as Barman does, so a
+    restored directory can start. A missing ident file is tolerated, as in Barman."""
+    pgdata = state.info["pgdata"]
+    files = []
+    for field_name in ("config_file", "hba_file", "ident_file"):
+        path = state.info.get(field_name)
+        if not path or relative_inside(path, pgdata) is not None:
+            continue
+        try:
+            with open(path, "rb") as handle:
+                files.append((os.path.basename(path), handle.read(),
+                              stat.S_IMODE(os.fstat(handle.fileno()).st_mode)))
+        except FileNotFoundError:
+            if field_name != "ident_file":
+                raise BackupFailed(f"configuration file {path} is missing") from None
+        except PermissionError:
+            raise BackupFailed(f"cannot read configuration file {path}: permission denied") \
+                from None
+    outside = [f for f in state.info.get("included_files") or ()
+               if relative_inside(f, pgdata) is None]
+    if outside:
+        log.warning("included configuration files outside PGDATA are not in the backup; "
+                    "back them up separately: %s", ", ".join(outside))
+    return files
+
+
 def stop_backup(state: BackupState, session: BackupSession, store: ObjectStore) -> dict[str, Any]:
     """Stop the backup, store pg_control and backup_label last, then write backup.info DONE.
 
@@ -273,6 +301,7 @@ def stop_backup(state: BackupState, session: BackupSession, store: ObjectStore) 
     control_path = os.path.join(pgdata, "global", "pg_control")
     with open(control_path, "rb") as handle:
         pg_control = handle.read()
+    config_files = _external_config_files(state)
     point = session.stop(f"barman_{state.backup_id}")
     codec = get_codec(state.compression)
     key = bi.archive_key(state.prefix, f"{DATA}_{_label_chunk_index(state):04d}", codec.suffix)
@@ -280,6 +309,8 @@ def stop_backup(state: BackupState, session: BackupSession, store: ObjectStore) 
     tar = TarWriter(codec.new(), writer.write)
     try:
         tar.add_bytes("global/pg_control", pg_control)
+        for name, data, mode in config_files:
+            tar.add_bytes(name, data, mode=mode)
         tar.add_bytes("backup_label", point.backup_label.encode(), mode=0o600)
         tar.close()
         writer.close()

@@ -41,7 +41,6 @@ from .storage import ObjectStore, open_store
 from .upload import BandwidthLimit
 
 log = logging.getLogger("pgcloud")
-KEEPALIVE_SECONDS = 30
 
 _cancelled: Any = None
 _throttle: BandwidthLimit | None = None
@@ -79,15 +78,19 @@ def _describe(exc: BaseException) -> str:
 
 
 def upload_chunks(
-    state: BackupState, jobs: int, session: BackupSession, store: ObjectStore | None = None,
-    max_bandwidth: int | None = None,
+    state: BackupState, jobs: int, session: BackupSession | None,
+    store: ObjectStore | None = None, max_bandwidth: int | None = None,
+    keepalive_interval: float = 60,
 ) -> list[ChunkResult]:
     """Upload every chunk with `jobs` workers; the first failure cancels the rest.
 
     Workers are processes that open their own store from the environment; when the caller
     passes a `store` (opened with credentials a spawned process cannot inherit, such as an
     Airflow connection's), they are threads sharing it (the codecs release the GIL).
-    `max_bandwidth` (bytes/s) caps all workers together.
+    `max_bandwidth` (bytes/s) caps all workers together. `session` (None when no database
+    backup is held: Barman hook mode uploads a finished backup) is checked every
+    `keepalive_interval` seconds (0: only when a chunk completes), so a restarted server or a
+    killed backup session fails the backup then rather than at the stop.
     """
     workers = max(1, min(jobs, len(state.chunks)))
     cancelled: Any
@@ -122,9 +125,10 @@ def upload_chunks(
         pending: set[Future[dict[str, Any]]] = {pool.submit(task) for task in tasks}
         try:
             while pending:
-                done, pending = wait(pending, timeout=KEEPALIVE_SECONDS,
+                done, pending = wait(pending, timeout=keepalive_interval or None,
                                      return_when=FIRST_COMPLETED)
-                session.ping()
+                if session is not None:
+                    session.ping()
                 for future in done:
                     result = ChunkResult(**future.result())
                     results.append(result)
@@ -154,7 +158,8 @@ def run_backup(
     try:
         state = start_backup(options, session, store)
         phase = "uploading data"
-        upload_chunks(state, options.jobs, session, upload_store, options.max_bandwidth)
+        upload_chunks(state, options.jobs, session, upload_store, options.max_bandwidth,
+                      options.keepalive_interval)
         phase = "stopping the backup"
         stop_backup(state, session, store)
         return state.backup_id

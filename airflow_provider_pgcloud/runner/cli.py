@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import os
 from collections.abc import Sequence
 from typing import NoReturn
 
 from .. import __version__
+from . import hook
 from .backup import run_backup
 from .backup_info import check_backup_name
 from .codecs import get_codec
@@ -48,6 +50,16 @@ def _positive(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"'{text}' is not a positive integer")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a non-negative integer")
     return value
 
 
@@ -120,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_argument("--max-bandwidth", type=_size,
                         help="the maximum amount of data to be uploaded per second, for the "
                         "whole backup across all jobs (default: no limit)")
+    backup.add_argument("--keepalive-interval", type=_non_negative, default=60,
+                        help="seconds between checks that the PostgreSQL session holding the "
+                        "backup is alive; 0 checks only between archive objects (default: 60)")
     backup.add_argument("-n", "--name", dest="backup_name", type=_backup_name,
                         help="a name which can be used to reference this backup in "
                         "barman-cloud-restore and barman-cloud-backup-delete")
@@ -198,6 +213,8 @@ def run(args: argparse.Namespace) -> int:
             store.close()
         log.info("cloud storage %s is reachable", args.destination_url)
         return 0
+    if hook.is_hook_script(os.environ):
+        return hook.run_hook(args, store_config(args), os.environ)
     try:
         get_codec(args.compression)
     except ValueError as exc:
@@ -213,6 +230,7 @@ def run(args: argparse.Namespace) -> int:
         immediate_checkpoint=args.immediate_checkpoint,
         backup_name=args.backup_name,
         max_bandwidth=args.max_bandwidth,
+        keepalive_interval=args.keepalive_interval,
     )
     run_backup(options)
     return 0

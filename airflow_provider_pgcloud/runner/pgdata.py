@@ -51,6 +51,12 @@ _DATA_ROOT_FILES = frozenset(
         "backup_manifest",
     }
 )
+# Files dropped at the root of a finished base backup on disk (Barman's backup directory in
+# hook mode): only what Barman's EXCLUDE_LIST names; its backup_label and pg_control are the
+# backup's own.
+_COPY_ROOT_FILES = frozenset(
+    {"postmaster.pid", "postmaster.opts", "recovery.conf", "standby.signal"}
+)
 # Names dropped at any depth, in every archive.
 _ANYWHERE = ("pgsql_tmp*", "postgresql.auto.conf.tmp", "current_logfiles.tmp", "pg_internal.init")
 
@@ -89,6 +95,7 @@ class ArchiveRoot:
     path: str
     tablespace_prefix: str | None = None  # "PG_15_" for tablespaces: only that subtree is kept
     skip: tuple[str, ...] = ()  # relative paths to leave out (tablespaces located inside PGDATA)
+    finished_copy: bool = False  # a finished backup on disk: keep pg_control and backup_label
 
 
 @dataclass(frozen=True)
@@ -126,10 +133,11 @@ def _excluded(root: ArchiveRoot, rel: str, name: str, is_dir: bool, depth: int) 
         return True
     if root.archive == DATA:
         if depth == 1:
-            return (not is_dir and name in _DATA_ROOT_FILES) or rel in root.skip
+            dropped = _COPY_ROOT_FILES if root.finished_copy else _DATA_ROOT_FILES
+            return (not is_dir and name in dropped) or rel in root.skip
         if depth == 2 and parent in _DATA_EMPTY_DIRS:
             return True
-        return rel == "global/pg_control" or rel in root.skip
+        return (rel == "global/pg_control" and not root.finished_copy) or rel in root.skip
     return depth == 1 and not (is_dir and root.tablespace_prefix and name.startswith(
         root.tablespace_prefix
     ))

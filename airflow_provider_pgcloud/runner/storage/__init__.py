@@ -17,6 +17,14 @@ def open_store(config: StoreConfig, **credentials: object) -> ObjectStore:
         from .s3 import S3Store
 
         return S3Store(config, **credentials)  # type: ignore[arg-type]
+    if config.cloud_provider == "azure-blob-storage":
+        from .azure import AzureStore
+
+        return AzureStore(config, **credentials)  # type: ignore[arg-type]
+    if config.cloud_provider == "google-cloud-storage":
+        from .gcs import GCSStore
+
+        return GCSStore(config, **credentials)  # type: ignore[arg-type]
     raise NotImplementedError(f"cloud provider {config.cloud_provider} is not supported yet")
 
 

@@ -1,0 +1,280 @@
+"""Azure Blob Storage, through azure-storage-blob: every archive is a block blob.
+
+Parts map onto blocks: each part is staged with `stage_block` from the PartWriter's threads
+(several in flight per blob), under a fixed-width block ID made from its part number, and the
+blob appears only when `commit_block_list` names every block in order. So a failed or
+abandoned upload never leaves a visible blob; its uncommitted blocks are dropped by the service
+(after a week, or at the next commit of that name).
+
+Destination URLs are read as barman-cloud-backup reads them:
+  * `https://ACCOUNT.blob.core.windows.net/CONTAINER[/PATH]`;
+  * any other host is an emulator (Azurite): `http://HOST:PORT/ACCOUNT/CONTAINER[/PATH]`.
+
+Credentials, first found wins (Barman's order):
+  1. `--azure-credential azure-cli|managed-identity|default` (azure-identity);
+  2. `AZURE_STORAGE_CONNECTION_STRING` (its endpoint and account; the container and path come
+     from the URL);
+  3. `AZURE_STORAGE_SAS_TOKEN`;
+  4. `AZURE_STORAGE_KEY` (the shared key of the URL's account);
+  5. azure-identity's DefaultAzureCredential.
+The SDK is imported when this module is, and this module only when the provider is chosen.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+from ..errors import BackupFailed, BucketMissing, CloudConnectionError, InputError, PgCloudError
+from .base import StoreConfig
+
+try:
+    from azure.core.credentials import AzureNamedKeyCredential
+    from azure.core.exceptions import (
+        ClientAuthenticationError,
+        HttpResponseError,
+        ResourceNotFoundError,
+        ServiceRequestError,
+        ServiceResponseError,
+    )
+    from azure.storage.blob import (
+        BlobBlock,
+        BlobServiceClient,
+        ContainerClient,
+        ExponentialRetry,
+        LinearRetry,
+    )
+except ImportError as _exc:  # the `azure` extra is not installed
+    raise BackupFailed(
+        "Missing required python module: azure-storage-blob "
+        f"(install airflow-provider-pgcloud[azure]): {_exc}"
+    ) from None
+
+AZURE_BLOB_DOMAIN = "blob.core.windows.net"
+MIN_PART_SIZE = 64 << 10  # Barman's MIN_CHUNK_SIZE for Azure
+MAX_PARTS = 50_000  # blocks per committed blob
+_BLOCK_ID_WIDTH = 5  # every block ID of a blob must have the same length: 00001 .. 50000
+
+CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
+SAS_TOKEN_ENV = "AZURE_STORAGE_SAS_TOKEN"
+ACCOUNT_KEY_ENV = "AZURE_STORAGE_KEY"
+
+
+@dataclass(frozen=True)
+class AzureLocation:
+    """What a destination URL names."""
+
+    account_url: str  # the service endpoint: https://ACCOUNT.blob... or http://HOST:PORT/ACCOUNT
+    account_name: str
+    container: str
+    path: str
+    emulated: bool
+
+
+def parse_azure_url(url: str) -> AzureLocation:
+    """Split an Azure destination URL into endpoint, account, container and path."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise InputError(
+            f"invalid Azure destination URL {url!r}: expected "
+            f"https://ACCOUNT.{AZURE_BLOB_DOMAIN}/CONTAINER[/PATH] or, for an emulator, "
+            "http://HOST:PORT/ACCOUNT/CONTAINER[/PATH]"
+        )
+    segments = parsed.path.split("/")[1:]  # the path starts with "/"
+    if parsed.hostname.endswith("." + AZURE_BLOB_DOMAIN):
+        # Like Barman, always https: the host alone names the account.
+        account = parsed.hostname.split(".", 1)[0]
+        container, rest = (segments[0] if segments else ""), segments[1:]
+        account_url, emulated = f"https://{parsed.netloc}", False
+    else:
+        account = segments[0] if segments else ""
+        container, rest = (segments[1] if len(segments) > 1 else ""), segments[2:]
+        account_url, emulated = f"{parsed.scheme}://{parsed.netloc}/{account}", True
+    if not account or not container:
+        what = "emulated storage URL" if emulated else "Azure Blob Storage URL"
+        missing = "account or container" if emulated else "container"
+        raise InputError(f"{what} {url!r} is malformed: no {missing}")
+    return AzureLocation(account_url, account, container, "/".join(rest).strip("/"), emulated)
+
+
+def block_id(number: int) -> str:
+    """The block ID of part `number` (1-based): fixed width, so IDs sort like numbers."""
+    if not 1 <= number <= MAX_PARTS:
+        raise BackupFailed(f"block number {number} is outside 1..{MAX_PARTS}")
+    return str(number).zfill(_BLOCK_ID_WIDTH)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _identity_credential(kind: str) -> Any:
+    try:
+        from azure.identity import (
+            AzureCliCredential,
+            DefaultAzureCredential,
+            ManagedIdentityCredential,
+        )
+    except ImportError as exc:
+        raise BackupFailed(
+            "Missing required python module: azure-identity "
+            f"(install airflow-provider-pgcloud[azure]): {exc}"
+        ) from None
+    classes: dict[str, Any] = {
+        "azure-cli": AzureCliCredential,
+        "managed-identity": ManagedIdentityCredential,
+        "default": DefaultAzureCredential,
+    }
+    if kind not in classes:
+        raise InputError(f"unsupported Azure credential {kind!r}: expected one of "
+                         f"{', '.join(classes)}")
+    return classes[kind]()
+
+
+def _client_options(read_timeout: int, *, quick: bool) -> dict[str, Any]:
+    """Timeouts and retries. `quick` is for -t: one retry, so a dead endpoint fails in seconds
+    (the SDK's default waits 15 s and more between its retries)."""
+    retry = (LinearRetry(backoff=1, retry_total=1, random_jitter_range=0) if quick
+             else ExponentialRetry(initial_backoff=2, increment_base=2, retry_total=5,
+                                   random_jitter_range=1))
+    return {
+        "retry_policy": retry,
+        "connection_timeout": 5 if quick else 10,
+        "read_timeout": read_timeout,
+    }
+
+
+def _container_client(location: AzureLocation, config: StoreConfig, *,
+                      quick: bool = False) -> ContainerClient:
+    options = _client_options(config.read_timeout, quick=quick)
+    credential: Any
+    if config.azure_credential:
+        credential = _identity_credential(config.azure_credential)
+    elif os.environ.get(CONNECTION_STRING_ENV):
+        return ContainerClient.from_connection_string(
+            os.environ[CONNECTION_STRING_ENV], location.container, **options
+        )
+    elif os.environ.get(SAS_TOKEN_ENV):
+        credential = os.environ[SAS_TOKEN_ENV]
+    elif os.environ.get(ACCOUNT_KEY_ENV):
+        credential = AzureNamedKeyCredential(location.account_name, os.environ[ACCOUNT_KEY_ENV])
+    elif location.emulated:
+        raise PgCloudError(
+            f"emulated storage needs {CONNECTION_STRING_ENV}, {SAS_TOKEN_ENV} or "
+            f"{ACCOUNT_KEY_ENV} in the environment"
+        )
+    else:
+        credential = _identity_credential("default")
+    return ContainerClient(location.account_url, location.container, credential=credential,
+                           **options)
+
+
+class AzureBlockUpload:
+    """One block blob written as staged blocks; `upload_part` is safe from several threads."""
+
+    def __init__(self, container: ContainerClient, key: str, extra: dict[str, Any],
+                 tags: dict[str, str] | None) -> None:
+        self.key = key
+        self._blob = container.get_blob_client(key)
+        self._extra, self._tags = extra, tags
+        self._staged: set[int] = set()
+        self._lock = threading.Lock()
+
+    def upload_part(self, number: int, data: bytes) -> None:
+        self._blob.stage_block(block_id(number), data, length=len(data), **self._extra)
+        with self._lock:
+            self._staged.add(number)
+
+    def complete(self) -> None:
+        with self._lock:
+            numbers = sorted(self._staged)
+        if numbers != list(range(1, len(numbers) + 1)):
+            # committing a list with a hole would silently store a truncated archive
+            raise BackupFailed(f"{self.key}: blocks missing before commit")
+        self._blob.commit_block_list([BlobBlock(block_id(n)) for n in numbers], tags=self._tags,
+                                     **self._extra)
+
+    def abort(self) -> None:
+        """Nothing to undo: uncommitted blocks are invisible and expire on their own.
+
+        Barman commits an empty block list and deletes the blob to drop them sooner; that
+        briefly creates a visible empty blob at the key (which barman-cloud-restore would take
+        for an archive if the delete then failed) and would destroy an object an earlier
+        attempt committed there, so we do not.
+        """
+        with self._lock:
+            self._staged.clear()
+
+
+class AzureStore:
+    """A container and base path on Azure Blob Storage or Azurite."""
+
+    min_part_size = MIN_PART_SIZE
+    max_parts = MAX_PARTS
+
+    def __init__(self, config: StoreConfig,
+                 service_client: BlobServiceClient | None = None) -> None:
+        """`service_client` lets a caller that holds one (Airflow's WasbHook) supply it;
+        otherwise credentials come from --azure-credential or the environment."""
+        self._config = config
+        self._location = parse_azure_url(config.destination_url)
+        self.bucket, self.base_path = self._location.container, self._location.path
+        self._supplied = service_client is not None
+        if service_client is not None:
+            self._container = service_client.get_container_client(self.bucket)
+        else:
+            self._container = _container_client(self._location, config)
+        self._extra: dict[str, Any] = {}
+        if config.encryption_scope:
+            self._extra["encryption_scope"] = config.encryption_scope
+        self._tags = dict(config.tags) if config.tags else None
+
+    def check(self) -> None:
+        """List at most one blob under the base path (Barman's probe): it needs only list
+        permission, which a container-scoped SAS token has and `exists()` does not."""
+        container = (self._container if self._supplied
+                     else _container_client(self._location, self._config, quick=True))
+        try:
+            pages = container.list_blobs(name_starts_with=self.base_path or None,
+                                         results_per_page=1).by_page()
+            next(pages, None)
+        except ResourceNotFoundError as exc:
+            code = getattr(exc, "error_code", None) or "not found"
+            raise BucketMissing(f"Container {self.bucket} does not exist ({code})") from None
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            raise CloudConnectionError(
+                f"Can't connect to cloud provider: {_first_line(exc)}") from None
+        except ClientAuthenticationError as exc:
+            # Barman counts any service error here as a failed connection (exit 2)
+            raise CloudConnectionError(
+                f"Can't connect to cloud provider: authentication failed: {_first_line(exc)}"
+            ) from None
+        except HttpResponseError as exc:
+            raise CloudConnectionError(
+                f"Can't connect to cloud provider: {_first_line(exc)}") from None
+        finally:
+            if container is not self._container:
+                container.close()
+
+    def put(self, key: str, data: bytes) -> None:
+        self._container.upload_blob(key, data, length=len(data), overwrite=True,
+                                    tags=self._tags, **self._extra)
+
+    def get(self, key: str) -> bytes:
+        return self._container.download_blob(key).readall()
+
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        for blob in self._container.list_blobs(name_starts_with=prefix):
+            yield blob.name, int(blob.size)
+
+    def start_multipart(self, key: str) -> AzureBlockUpload:
+        return AzureBlockUpload(self._container, key, self._extra, self._tags)
+
+    def close(self) -> None:
+        if not self._supplied:
+            self._container.close()

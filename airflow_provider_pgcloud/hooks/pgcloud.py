@@ -1,0 +1,114 @@
+"""Airflow connections -> the engine's objects: a libpq conninfo and an open object store.
+
+This is the only place that reads Airflow connections. Secrets stay in memory: the PostgreSQL
+password is returned apart from the conninfo (the keeper receives it on its stdin), and cloud
+credentials travel inside the SDK session the official provider hook builds, never in a
+`StoreConfig`, an XCom value, a log line or a process argument.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import psycopg2.extensions
+from airflow.sdk import BaseHook
+
+from ..runner.storage import ObjectStore, StoreConfig, open_store
+
+DEFAULT_POSTGRES_CONN_ID = "pgcloud_postgres"
+DEFAULT_AWS_CONN_ID = "aws_default"
+DEFAULT_WASB_CONN_ID = "wasb_default"
+DEFAULT_GCP_CONN_ID = "google_cloud_default"
+
+AWS_S3 = "aws-s3"
+AZURE_BLOB = "azure-blob-storage"
+GOOGLE_STORAGE = "google-cloud-storage"
+CLOUD_PROVIDERS = (AWS_S3, AZURE_BLOB, GOOGLE_STORAGE)
+
+# libpq keywords a connection's extra may set. Secrets (password, sslpassword) are never taken
+# from the extra, and application_name is the engine's ("pgcloud_backup").
+_LIBPQ_EXTRA = frozenset(
+    {
+        "hostaddr", "passfile", "channel_binding", "connect_timeout", "client_encoding",
+        "options", "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
+        "tcp_user_timeout", "gssencmode", "sslmode", "sslnegotiation", "sslcompression",
+        "sslcert", "sslkey", "sslcertmode", "sslrootcert", "sslcrl", "sslcrldir", "sslsni",
+        "requirepeer", "require_auth", "ssl_min_protocol_version", "ssl_max_protocol_version",
+        "krbsrvname", "gsslib", "gssdelegation", "service", "target_session_attrs",
+        "load_balance_hosts",
+    }
+)
+
+
+def postgres_conninfo(conn_id: str = DEFAULT_POSTGRES_CONN_ID) -> tuple[str, str | None]:
+    """(libpq conninfo without the password, password) for an Airflow postgres connection.
+
+    Mirrors PostgresHook.get_conn: host, port, login, schema (the database, default
+    `postgres`) and libpq keywords from the extra; an `iam` connection gets its token as the
+    password, as PostgresHook does.
+    """
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    hook = PostgresHook(postgres_conn_id=conn_id)
+    conn = hook.get_connection(conn_id)
+    login, password, port = conn.login, conn.password, conn.port
+    extra = conn.extra_dejson
+    if extra.get("iam"):
+        login, password, port = hook.get_iam_token(conn)
+    params: dict[str, Any] = {"dbname": conn.schema or "postgres"}
+    for key, value in (("host", conn.host), ("port", port), ("user", login)):
+        if value not in (None, ""):
+            params[key] = str(value)
+    params.update({k: str(v) for k, v in extra.items() if k in _LIBPQ_EXTRA and v is not None})
+    return psycopg2.extensions.make_dsn(**params), password or None
+
+
+class PgCloudHook(BaseHook):
+    """Opens the engine's object store with the credentials of an Airflow connection.
+
+    `cloud_provider` (in the StoreConfig) picks the connection and the official hook that
+    reads it: `aws_conn_id` through S3Hook for aws-s3 (`endpoint_url` in its extra is
+    honoured), `wasb_conn_id` through WasbHook for azure-blob-storage, `gcp_conn_id` through
+    GCSHook for google-cloud-storage. The hook's SDK session or client goes to the engine's
+    store as is, so the credentials never leave it.
+    """
+
+    def __init__(
+        self,
+        *,
+        aws_conn_id: str | None = DEFAULT_AWS_CONN_ID,
+        wasb_conn_id: str = DEFAULT_WASB_CONN_ID,
+        gcp_conn_id: str = DEFAULT_GCP_CONN_ID,
+    ) -> None:
+        super().__init__()
+        self.aws_conn_id = aws_conn_id
+        self.wasb_conn_id = wasb_conn_id
+        self.gcp_conn_id = gcp_conn_id
+
+    @staticmethod
+    def check_provider(cloud_provider: str) -> None:
+        if cloud_provider not in CLOUD_PROVIDERS:
+            raise ValueError(
+                f"unknown cloud_provider {cloud_provider!r}: expected one of "
+                f"{', '.join(CLOUD_PROVIDERS)}"
+            )
+
+    def open_store(self, config: StoreConfig) -> ObjectStore:
+        """The engine's store for `config`, authenticated through the Airflow connection."""
+        self.check_provider(config.cloud_provider)
+        if config.cloud_provider == AZURE_BLOB:
+            from airflow.providers.microsoft.azure.hooks.wasb import WasbHook
+
+            return open_store(config, service_client=WasbHook(self.wasb_conn_id).get_conn())
+        if config.cloud_provider == GOOGLE_STORAGE:
+            from airflow.providers.google.cloud.hooks.gcs import GCSHook
+
+            return open_store(config, client=GCSHook(gcp_conn_id=self.gcp_conn_id).get_conn())
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        s3 = S3Hook(aws_conn_id=self.aws_conn_id)
+        if config.endpoint_url is None:
+            endpoint = s3.conn_config.get_service_endpoint_url("s3")
+            config = dataclasses.replace(config, endpoint_url=endpoint or None)
+        return open_store(config, session=s3.get_session())

@@ -1,0 +1,25 @@
+"""Airflow operators: thin shells over the engine's steps."""
+
+from __future__ import annotations
+
+from .backup import (
+    CHUNK_LABEL,
+    StartBackupOperator,
+    StopBackupAndUploadLabelOperator,
+    TakeDiskSnapshotsOperator,
+    UploadTablespaceChunksOperator,
+)
+from .base import DEFAULT_ASSET_ALIAS, STATE_KEY, backup_asset
+from .single import PgCloudBackupOperator
+
+__all__ = [
+    "CHUNK_LABEL",
+    "DEFAULT_ASSET_ALIAS",
+    "STATE_KEY",
+    "PgCloudBackupOperator",
+    "StartBackupOperator",
+    "StopBackupAndUploadLabelOperator",
+    "TakeDiskSnapshotsOperator",
+    "UploadTablespaceChunksOperator",
+    "backup_asset",
+]

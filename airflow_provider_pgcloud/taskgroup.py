@@ -1,0 +1,100 @@
+"""`pg_cloud_backup_group(...)`: a PostgreSQL backup in any DAG, in one line.
+
+    with DAG(...):
+        pg_cloud_backup_group(destination_url="s3://bucket/path", server_name="pg")
+
+builds
+
+    start_backup (setup) -> upload_chunk.expand(chunk=...) -> take_disk_snapshots
+        -> stop_backup_and_upload_label (teardown, on_failure_fail_dagrun)
+
+Every task of the group reads PGDATA or talks to the backup's keeper over a local socket, so
+all of them must run on the database host: pass the `queue` its worker listens on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk import TaskGroup, XComArg
+
+from .hooks import (
+    DEFAULT_AWS_CONN_ID,
+    DEFAULT_GCP_CONN_ID,
+    DEFAULT_POSTGRES_CONN_ID,
+    DEFAULT_WASB_CONN_ID,
+)
+from .operators import (
+    CHUNK_LABEL,
+    DEFAULT_ASSET_ALIAS,
+    STATE_KEY,
+    StartBackupOperator,
+    StopBackupAndUploadLabelOperator,
+    TakeDiskSnapshotsOperator,
+    UploadTablespaceChunksOperator,
+)
+from .runner.session import DEFAULT_DEADLINE_SECONDS
+
+
+def pg_cloud_backup_group(
+    destination_url: str,
+    server_name: str,
+    *,
+    group_id: str = "pgcloud_backup",
+    postgres_conn_id: str = DEFAULT_POSTGRES_CONN_ID,
+    aws_conn_id: str | None = DEFAULT_AWS_CONN_ID,
+    wasb_conn_id: str = DEFAULT_WASB_CONN_ID,
+    gcp_conn_id: str = DEFAULT_GCP_CONN_ID,
+    queue: str | None = None,
+    session_deadline: dt.timedelta | float = DEFAULT_DEADLINE_SECONDS,
+    upload_retries: int = 2,
+    upload_retry_delay: dt.timedelta = dt.timedelta(seconds=30),
+    max_parallel_uploads: int | None = None,
+    snapshot_instance: str | None = None,
+    snapshot_disks: Sequence[str] | str | None = None,
+    snapshot_options: dict[str, Any] | None = None,
+    asset_alias: str | None = DEFAULT_ASSET_ALIAS,
+    **backup_options: Any,
+) -> TaskGroup:
+    """Add a backup of the `postgres_conn_id` cluster to `destination_url` to the current DAG.
+
+    `backup_options` are StartBackupOperator's (all templated): cloud_provider, compression,
+    jobs, max_archive_size, min_chunk_size, immediate_checkpoint, backup_name, tags,
+    endpoint_url, encryption, sse_kms_key_id, read_timeout. The keeper aborts the database
+    backup by itself if the group has not finished within `session_deadline`. On success an
+    asset event for `Asset("<destination_url>/<server_name>")` is emitted through the
+    `asset_alias` AssetAlias.
+    """
+    placement: dict[str, Any] = {"queue": queue} if queue else {}
+    connections: dict[str, Any] = {
+        "aws_conn_id": aws_conn_id, "wasb_conn_id": wasb_conn_id, "gcp_conn_id": gcp_conn_id,
+    }
+    with TaskGroup(group_id=group_id, tooltip="PostgreSQL base backup to cloud storage") as group:
+        start = StartBackupOperator(
+            task_id="start_backup", destination_url=destination_url, server_name=server_name,
+            postgres_conn_id=postgres_conn_id, session_deadline=session_deadline,
+            **connections, **placement, **backup_options,
+        )
+        state = XComArg(start, key=STATE_KEY)
+        upload = UploadTablespaceChunksOperator.partial(
+            task_id="upload_chunk", state=state,
+            map_index_template=CHUNK_LABEL, retries=upload_retries,
+            retry_delay=upload_retry_delay, max_active_tis_per_dagrun=max_parallel_uploads,
+            **connections, **placement,
+        ).expand(chunk=start.output)
+        snapshots = TakeDiskSnapshotsOperator(
+            task_id="take_disk_snapshots", snapshot_instance=snapshot_instance,
+            snapshot_disks=snapshot_disks, snapshot_options=snapshot_options, **placement,
+        )
+        stop = StopBackupAndUploadLabelOperator(
+            task_id="stop_backup_and_upload_label", state=state,
+            chunks=start.output, upload_task_id=upload.task_id,
+            snapshot_task_id=snapshots.task_id, asset_alias=asset_alias,
+            **connections, **placement,
+        )
+        start >> upload >> snapshots >> stop.as_teardown(
+            setups=start, on_failure_fail_dagrun=True
+        )
+    return group

@@ -65,7 +65,9 @@ def pg_cloud_backup_group(
     endpoint_url, encryption, sse_kms_key_id, read_timeout. The keeper aborts the database
     backup by itself if the group has not finished within `session_deadline`. On success an
     asset event for `Asset("<destination_url>/<server_name>")` is emitted through the
-    `asset_alias` AssetAlias.
+    `asset_alias` AssetAlias. With `snapshot_instance` and `snapshot_disks` (provider options
+    in `snapshot_options`, see TakeDiskSnapshotsOperator) it is a disk snapshot backup: no
+    archive objects, the disks snapshotted between start and stop, as barman-cloud-backup does.
     """
     placement: dict[str, Any] = {"queue": queue} if queue else {}
     connections: dict[str, Any] = {
@@ -75,7 +77,8 @@ def pg_cloud_backup_group(
         start = StartBackupOperator(
             task_id="start_backup", destination_url=destination_url, server_name=server_name,
             postgres_conn_id=postgres_conn_id, session_deadline=session_deadline,
-            **connections, **placement, **backup_options,
+            snapshot_instance=snapshot_instance, snapshot_disks=snapshot_disks,
+            snapshot_options=snapshot_options, **connections, **placement, **backup_options,
         )
         state = XComArg(start, key=STATE_KEY)
         upload = UploadTablespaceChunksOperator.partial(
@@ -85,8 +88,10 @@ def pg_cloud_backup_group(
             **connections, **placement,
         ).expand(chunk=start.output)
         snapshots = TakeDiskSnapshotsOperator(
-            task_id="take_disk_snapshots", snapshot_instance=snapshot_instance,
-            snapshot_disks=snapshot_disks, snapshot_options=snapshot_options, **placement,
+            task_id="take_disk_snapshots", start_task_id=start.task_id,
+            snapshot_instance=snapshot_instance,
+            snapshot_disks=snapshot_disks, snapshot_options=snapshot_options,
+            **connections, **placement,
         )
         stop = StopBackupAndUploadLabelOperator(
             task_id="stop_backup_and_upload_label", state=state,

@@ -14,6 +14,7 @@ from typing import Any
 import psycopg2.extensions
 from airflow.sdk import BaseHook
 
+from ..runner.snapshots import SnapshotConfig, SnapshotProvider, open_provider
 from ..runner.storage import ObjectStore, StoreConfig, open_store
 
 DEFAULT_POSTGRES_CONN_ID = "pgcloud_postgres"
@@ -112,3 +113,29 @@ class PgCloudHook(BaseHook):
             endpoint = s3.conn_config.get_service_endpoint_url("s3")
             config = dataclasses.replace(config, endpoint_url=endpoint or None)
         return open_store(config, session=s3.get_session())
+
+    def snapshot_provider(self, config: SnapshotConfig) -> SnapshotProvider:
+        """The engine's disk snapshot provider for `config`: EC2 through `aws_conn_id` (an
+        `ec2` endpoint_url in its extra's service_config is honoured), Compute Engine with
+        `gcp_conn_id`'s credentials; Azure authenticates with `azure_credential` (default:
+        DefaultAzureCredential), as barman-cloud-backup does."""
+        if config.provider == "aws":
+            from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+            ec2 = AwsBaseHook(aws_conn_id=self.aws_conn_id, client_type="ec2",
+                              region_name=config.aws_region)
+            return open_provider(config, client=ec2.get_conn())
+        if config.provider == "gcp":
+            from airflow.providers.google.common.hooks.base_google import GoogleBaseHook
+            from google.cloud import compute_v1
+
+            from ..runner.snapshots.gcp import GcpClients
+
+            credentials, _ = GoogleBaseHook(gcp_conn_id=self.gcp_conn_id) \
+                .get_credentials_and_project_id()
+            return open_provider(config, client=GcpClients(
+                compute_v1.InstancesClient(credentials=credentials),
+                compute_v1.DisksClient(credentials=credentials),
+                compute_v1.SnapshotsClient(credentials=credentials),
+            ))
+        return open_provider(config)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from airflow.sdk import BaseOperator, Context
+from airflow.sdk import Context
 
 from ..hooks import postgres_conninfo
 from ..runner import backup_info as bi
@@ -26,6 +26,12 @@ from ..runner.errors import BackupFailed
 from ..runner.pgdata import Chunk
 from ..runner.session import DEFAULT_DEADLINE_SECONDS, KeeperClient
 from ..runner.sizes import format_size
+from ..runner.snapshot_backup import (
+    start_snapshot_backup,
+    stop_snapshot_backup,
+    take_disk_snapshots,
+)
+from ..runner.snapshots import SnapshotConfig, config_from_values
 from ..runner.steps import BackupState
 from ..runner.storage import ObjectStore
 from . import _values as v
@@ -50,29 +56,67 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
+def snapshot_config(
+    cloud_provider: str, instance: Any, disks: Any, options: Any, *,
+    compression: str | None = None, kms_key_name: str | None = None,
+    tags: Sequence[tuple[str, str]] = (),
+) -> SnapshotConfig | None:
+    """The rendered snapshot arguments as the engine's options; None if none are given."""
+    return config_from_values(
+        cloud_provider, instance, v.as_list(disks), v._literal(options),
+        compression=compression, kms_key_name=kms_key_name, tags=tags,
+    )
+
+
 class StartBackupOperator(BackupOptionsOperator):
     """Start the backup in a keeper process, record backup.info STARTED and plan the chunks.
 
     Returns the chunk descriptors (map over them with `.expand(chunk=start.output)`) and
     pushes the state under the XCom key `state`. The keeper aborts the backup by itself if no
     stop or abort reaches it within `session_deadline`.
+
+    With `snapshot_instance` and `snapshot_disks` (and the provider's `snapshot_options`, as
+    for TakeDiskSnapshotsOperator) it starts a disk snapshot backup instead: it checks the
+    disks are attached and hold the cluster, and plans no chunks.
     """
+
+    template_fields: Sequence[str] = (
+        *BackupOptionsOperator.template_fields,
+        "snapshot_instance", "snapshot_disks", "snapshot_options",
+    )
 
     def __init__(
         self, *, session_deadline: dt.timedelta | float = DEFAULT_DEADLINE_SECONDS,
+        snapshot_instance: str | None = None,
+        snapshot_disks: Sequence[str] | str | None = None,
+        snapshot_options: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.session_deadline = session_deadline
+        self.snapshot_instance = snapshot_instance
+        self.snapshot_disks = snapshot_disks
+        self.snapshot_options = snapshot_options
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         options = self.backup_options()
+        snapshot = snapshot_config(
+            options.store.cloud_provider, self.snapshot_instance, self.snapshot_disks,
+            self.snapshot_options, compression=options.compression,
+            kms_key_name=options.store.kms_key_name, tags=options.store.tags,
+        )
         conninfo, password = postgres_conninfo(self.postgres_conn_id)
         deadline = v.as_seconds(self.session_deadline, "session_deadline")
         with contextlib.closing(self.hook.open_store(options.store)) as store:
             keeper = KeeperClient.launch(conninfo, password, deadline_seconds=deadline)
             try:
-                state = steps.start_backup(options, keeper, store)
+                if snapshot is None:
+                    state = steps.start_backup(options, keeper, store)
+                else:
+                    state = start_snapshot_backup(
+                        options, snapshot, keeper, store,
+                        provider=self.hook.snapshot_provider(snapshot),
+                    )
             except BaseException:
                 with contextlib.suppress(Exception):
                     keeper.abort()
@@ -107,38 +151,60 @@ class UploadTablespaceChunksOperator(PgCloudBaseOperator):
         return result.to_dict()
 
 
-class TakeDiskSnapshotsOperator(BaseOperator):
+class TakeDiskSnapshotsOperator(PgCloudBaseOperator):
     """Disk snapshots of the database volumes: a pass-through unless snapshot options are given.
 
-    Snapshot backups are not implemented yet: with any snapshot option this task fails (and
-    the teardown then marks the backup FAILED) instead of pretending to take one.
+    With `snapshot_instance` and `snapshot_disks` it snapshots each disk of the instance (on
+    EC2, Compute Engine or Azure, after the backup's `cloud_provider`) between the start and
+    the stop of the backup in `state`, and returns `{"snapshots_info": ...}` for the stop.
+    `snapshot_options` holds barman-cloud-backup's provider options by their destination
+    names: gcp_project, gcp_zone, azure_subscription_id, azure_resource_group,
+    azure_credential, aws_region, aws_await_snapshots_timeout, aws_snapshot_lock_mode,
+    aws_snapshot_lock_duration, aws_snapshot_lock_cool_off_period,
+    aws_snapshot_lock_expiration_date. The backup's state is `state`, or the `state` XCom of
+    `start_task_id` (read at run time, so that this task need not follow the setup task
+    directly: it runs when the uploads, then empty, were skipped).
     """
 
-    template_fields: Sequence[str] = ("snapshot_instance", "snapshot_disks", "snapshot_options")
+    template_fields: Sequence[str] = (
+        "state", "snapshot_instance", "snapshot_disks", "snapshot_options",
+    )
 
     def __init__(
         self,
         *,
+        state: Any = None,
+        start_task_id: str | None = None,
         snapshot_instance: str | None = None,
         snapshot_disks: Sequence[str] | str | None = None,
         snapshot_options: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        kwargs.setdefault("trigger_rule", "none_failed")
         super().__init__(**kwargs)
+        self.state = state
+        self.start_task_id = start_task_id
         self.snapshot_instance = snapshot_instance
         self.snapshot_disks = snapshot_disks
         self.snapshot_options = snapshot_options
 
     def execute(self, context: Context) -> dict[str, Any]:
-        given = {k: val for k, val in (self.snapshot_options or {}).items()
-                 if v.optional_str(val) is not None}
-        if v.optional_str(self.snapshot_instance) or v.as_list(self.snapshot_disks) or given:
-            raise NotImplementedError(
-                "disk snapshot backups are not supported by pgcloud yet; remove the snapshot "
-                "options to back up to archive objects"
-            )
-        self.log.info("no snapshot options given: nothing to snapshot")
-        return {"snapshots": []}
+        data = self.state
+        if data is None and self.start_task_id:
+            data = context["ti"].xcom_pull(task_ids=self.start_task_id, key=STATE_KEY)
+        state = state_from_xcom(data) if isinstance(data, dict) else None
+        cloud_provider = state.store.cloud_provider if state else "aws-s3"
+        config = snapshot_config(cloud_provider, self.snapshot_instance, self.snapshot_disks,
+                                 self.snapshot_options, tags=state.store.tags if state else ())
+        if config is None:
+            self.log.info("no snapshot options given: nothing to snapshot")
+            return {"snapshots": []}
+        if state is None:
+            raise ValueError("take_disk_snapshots needs the started backup's state")
+        if state.session_address:  # fail fast if the backup session is already gone
+            KeeperClient(state.session_address).ping()
+        info = take_disk_snapshots(state, config, provider=self.hook.snapshot_provider(config))
+        return {"snapshots_info": info}
 
 
 class StopBackupAndUploadLabelOperator(PgCloudBaseOperator):
@@ -172,13 +238,18 @@ class StopBackupAndUploadLabelOperator(PgCloudBaseOperator):
         state = state_from_xcom(self.state, self.chunks)
         results = self._upload_results(context)
         problem = self._problem(context, state, results)
+        snapshots = (context["ti"].xcom_pull(task_ids=self.snapshot_task_id)
+                     if self.snapshot_task_id else None)
+        snapshots_info = snapshots.get("snapshots_info") if isinstance(snapshots, dict) else None
+        if snapshots_info:  # a FAILED backup.info records them too, for barman-cloud-backup-delete
+            state.info["snapshots_info"] = snapshots_info
         keeper = KeeperClient(state.session_address or "")
         with contextlib.closing(self.hook.open_store(state.store)) as store:
             if not self._already_finished(state, store):
                 if problem:
                     steps.fail_backup(state, store, problem, keeper)
                     raise BackupFailed(problem)
-                self._stop(state, store, keeper)
+                self._stop(state, store, keeper, snapshots_info)
         self._log_total(state, results)
         self.emit_backup_asset(
             context, state.store.destination_url, server_name_of(state), state.backup_id
@@ -205,9 +276,13 @@ class StopBackupAndUploadLabelOperator(PgCloudBaseOperator):
             return "failure taking disk snapshots (the snapshot task did not succeed)"
         return None
 
-    def _stop(self, state: BackupState, store: ObjectStore, keeper: KeeperClient) -> None:
+    def _stop(self, state: BackupState, store: ObjectStore, keeper: KeeperClient,
+              snapshots_info: dict[str, Any] | None = None) -> None:
         try:
-            steps.stop_backup(state, keeper, store)
+            if snapshots_info:
+                stop_snapshot_backup(state, snapshots_info, keeper, store)
+            else:
+                steps.stop_backup(state, keeper, store)
         except BaseException as exc:
             steps.fail_backup(
                 state, store, f"failure stopping the backup ({_first_line(exc)})", keeper

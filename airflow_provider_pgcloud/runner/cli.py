@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from .. import __version__
-from . import hook
+from . import hook, snapshots
 from .backup import run_backup
 from .backup_info import check_backup_name
 from .codecs import get_codec
@@ -23,6 +23,7 @@ from .errors import InputError, PgCloudError
 from .postgres import build_conninfo
 from .progress import configure_logging
 from .sizes import parse_size
+from .snapshot_backup import run_snapshot_backup
 from .steps import DEFAULT_MIN_CHUNK_SIZE, BackupOptions
 from .storage import PROVIDERS, StoreConfig, open_store
 
@@ -164,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     gcs = parser.add_argument_group("google-cloud-storage")
     gcs.add_argument("--kms-key-name",
                      help="the name of the GCP KMS key used to encrypt the data in GCS")
+    snapshots.add_arguments(parser)
     return parser
 
 
@@ -203,6 +205,7 @@ def store_config(args: argparse.Namespace) -> StoreConfig:
 
 def run(args: argparse.Namespace) -> int:
     config = store_config(args)
+    snapshot = snapshots.config_from_args(args)
     log.debug("%s %s to %s (%s)", PROG, __version__, config.destination_url,
               config.cloud_provider)
     if args.test:
@@ -232,6 +235,9 @@ def run(args: argparse.Namespace) -> int:
         max_bandwidth=args.max_bandwidth,
         keepalive_interval=args.keepalive_interval,
     )
+    if snapshot is not None:
+        run_snapshot_backup(options, snapshot)
+        return 0
     run_backup(options)
     return 0
 

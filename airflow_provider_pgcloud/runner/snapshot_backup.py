@@ -1,0 +1,239 @@
+"""A backup made of disk snapshots, as barman-cloud-backup takes one with --snapshot-*.
+
+    check (instance, disks attached and mounted, the cluster on them)
+      -> start (pg_backup_start, backup.info STARTED)
+      -> take_disk_snapshots (one snapshot per disk, waited for)
+      -> stop (pg_backup_stop, backup_label object, backup.info DONE with snapshots_info)
+
+No archive object is written. Unlike an object-store backup, backup.info carries the real
+server name (and so does the backup label), as Barman's snapshot backups do. Each step is one
+function, called in turn by `run_snapshot_backup` or by one Airflow task each.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any
+
+from . import backup_info as bi
+from .errors import BackupFailed, PgCloudError
+from .postgres import ClusterInfo
+from .session import BackupSession, LocalSession
+from .snapshots import (
+    SnapshotConfig,
+    SnapshotProvider,
+    Volume,
+    check_cluster_on_disks,
+    check_provider_options,
+    find_volumes,
+    open_provider,
+)
+from .snapshots.mounts import MountTable
+from .steps import BackupOptions, BackupState, _unique_backup_id, fail_backup
+from .storage import ObjectStore, open_store
+
+log = logging.getLogger("pgcloud")
+
+
+def label_key(prefix: str) -> str:
+    """`<path>/<server>/base/<backup_id>/backup_label`: a snapshot backup's label object."""
+    return f"{prefix}/backup_label"
+
+
+def _locations(cluster: ClusterInfo) -> list[tuple[str, str]]:
+    return [("PGDATA", cluster.pgdata)] + [
+        (f"tablespace {t.name}", t.location) for t in cluster.tablespaces
+    ]
+
+
+def check_snapshot_preconditions(
+    config: SnapshotConfig, provider: SnapshotProvider, cluster: ClusterInfo,
+    mounts: MountTable,
+) -> dict[str, Volume]:
+    """Barman's checks before a snapshot backup starts (the instance exists, each disk is
+    attached to it and mounted here), plus one of ours: PGDATA and every tablespace must be
+    on a snapshotted disk's filesystem."""
+    assert config.instance is not None
+    volumes = find_volumes(provider, config.instance, config.disks, mounts)
+    check_cluster_on_disks(volumes, _locations(cluster), mounts)
+    for name, volume in volumes.items():
+        assert volume.mount is not None
+        log.info("disk %s is %s, mounted at %s (%s)", name, volume.mount.source,
+                 volume.mount.mount_point, volume.mount.options)
+    return volumes
+
+
+def start_snapshot_backup(
+    options: BackupOptions, config: SnapshotConfig, session: BackupSession, store: ObjectStore,
+    *, provider: SnapshotProvider | None = None, mounts: MountTable | None = None,
+) -> BackupState:
+    """Check the disks, start the PostgreSQL backup and record it as STARTED.
+
+    Nothing is started or written if a check fails. On a failure after pg_backup_start the
+    caller runs `steps.fail_backup`.
+    """
+    check_provider_options(config)
+    cluster = session.cluster_info()
+    provider = provider or open_provider(config)
+    check_snapshot_preconditions(config, provider, cluster, mounts or MountTable.read())
+    store.check()
+    backup_id = _unique_backup_id(store, options.server_name)
+    prefix = bi.backup_prefix(store.base_path, options.server_name, backup_id)
+    started_at = time.time()
+    start = session.start(
+        f"Barman backup {options.server_name} {backup_id}", options.immediate_checkpoint
+    )
+    begin_wal, begin_offset = bi.wal_name(start.lsn, start.timeline, cluster.xlog_segment_size)
+    info: dict[str, Any] = {
+        "status": bi.STARTED,
+        "server_name": options.server_name,
+        "pgdata": cluster.pgdata,
+        "version": cluster.version,
+        "xlog_segment_size": cluster.xlog_segment_size,
+        "config_file": cluster.config_file,
+        "hba_file": cluster.hba_file,
+        "ident_file": cluster.ident_file,
+        "included_files": cluster.included_files,
+        "tablespaces": [(t.name, t.oid, t.location) for t in cluster.tablespaces] or None,
+        "data_checksums": cluster.data_checksums,
+        "summarize_wal": cluster.summarize_wal,
+        "cluster_size": cluster.cluster_size,
+        "systemid": cluster.systemid,
+        "begin_time": start.time,
+        "begin_xlog": start.lsn,
+        "begin_wal": begin_wal,
+        "begin_offset": begin_offset,
+        "timeline": start.timeline,
+    }
+    state = BackupState(
+        backup_id=backup_id, prefix=prefix, store=options.store, compression=None,
+        min_chunk_size=options.min_chunk_size, backup_name=options.backup_name,
+        jobs=options.jobs, info=info, roots=[], chunks=[], started_at=started_at,
+    )
+    store.put(bi.info_key(prefix), bi.encode(info))
+    log.info("snapshot backup %s started at %s", backup_id, start.lsn)
+    return state
+
+
+def take_disk_snapshots(
+    state: BackupState, config: SnapshotConfig, *, provider: SnapshotProvider | None = None,
+    mounts: MountTable | None = None, session: BackupSession | None = None,
+    keepalive_interval: float = 60,
+) -> dict[str, Any]:
+    """Snapshot every disk and wait for the snapshots; return `snapshots_info`.
+
+    The disks' mounts are read again here (this may run in another process than the start).
+    With a `session`, it is checked every `keepalive_interval` seconds while the cloud works,
+    so a lost database session fails the backup then.
+    """
+    assert config.instance is not None
+    instance = config.instance
+    provider = provider or open_provider(config)
+    table = mounts or MountTable.read()
+
+    def snapshot() -> dict[str, Any]:
+        volumes = provider.attached_volumes(instance, config.disks)
+        for volume in volumes.values():
+            volume.resolve(table)
+        return provider.take_snapshots(state.backup_id, instance, volumes)
+
+    if session is None or not keepalive_interval:
+        info = snapshot()
+    else:
+        # A daemon thread: an interrupted backup does not wait for the cloud's waiter.
+        future: Future[dict[str, Any]] = Future()
+
+        def work() -> None:
+            try:
+                future.set_result(snapshot())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        threading.Thread(target=work, name="snapshots", daemon=True).start()
+        while True:
+            try:
+                info = future.result(timeout=keepalive_interval)
+                break
+            except TimeoutError:
+                session.ping()
+    names = ", ".join(s["provider"]["snapshot_name"] for s in info["snapshots"])
+    log.info("backup %s: snapshots %s completed", state.backup_id, names)
+    return info
+
+
+def stop_snapshot_backup(
+    state: BackupState, snapshots_info: dict[str, Any], session: BackupSession,
+    store: ObjectStore,
+) -> dict[str, Any]:
+    """Stop the backup, store backup_label as its own object, then backup.info DONE."""
+    point = session.stop(f"barman_{state.backup_id}")
+    store.put(label_key(state.prefix), point.backup_label.encode("utf-8"))
+    info = dict(state.info)
+    end_wal, end_offset = bi.wal_name(point.lsn, point.timeline, info["xlog_segment_size"])
+    elapsed = round(time.time() - state.started_at, 6)
+    info.update(
+        status=bi.DONE,
+        backup_label=point.backup_label,
+        end_time=point.time,
+        end_xlog=point.lsn,
+        end_wal=end_wal,
+        end_offset=end_offset,
+        backup_name=state.backup_name,
+        snapshots_info=snapshots_info,
+        copy_stats={"copy_time": elapsed, "total_time": elapsed},
+    )
+    store.put(bi.info_key(state.prefix), bi.encode(info))
+    log.info("snapshot backup %s DONE: stop at %s, %.1fs in all", state.backup_id, point.lsn,
+             elapsed)
+    return info
+
+
+def _describe(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def run_snapshot_backup(
+    options: BackupOptions, config: SnapshotConfig, *, session: BackupSession | None = None,
+    store: ObjectStore | None = None, provider: SnapshotProvider | None = None,
+    mounts: MountTable | None = None,
+) -> str:
+    """Take one complete snapshot backup; return its ID. Raises a PgCloudError on failure:
+    exit 4 for options or preconditions (nothing written), 1 once the backup had started
+    (backup.info FAILED, with snapshots_info if snapshots were taken)."""
+    check_provider_options(config)
+    session = session or LocalSession(options.conninfo)
+    store = store or open_store(options.store)
+    state: BackupState | None = None
+    phase = "starting the backup"
+    try:
+        provider = provider or open_provider(config)
+        state = start_snapshot_backup(options, config, session, store, provider=provider,
+                                      mounts=mounts)
+        phase = "taking disk snapshots"
+        snapshots_info = take_disk_snapshots(
+            state, config, provider=provider, mounts=mounts, session=session,
+            keepalive_interval=options.keepalive_interval,
+        )
+        state.info["snapshots_info"] = snapshots_info
+        phase = "stopping the backup"
+        stop_snapshot_backup(state, snapshots_info, session, store)
+        return state.backup_id
+    except BaseException as exc:
+        if state is None:
+            raise
+        reason = f"failure {phase} ({_describe(exc)})"
+        if isinstance(exc, KeyboardInterrupt):
+            reason = f"failure {phase} (interrupted by the user)"
+        try:
+            fail_backup(state, store, reason, session)
+        except Exception as info_exc:
+            log.error("could not record the failure in backup.info: %s", _describe(info_exc))
+        if isinstance(exc, PgCloudError):
+            raise BackupFailed(str(exc)) from exc
+        raise BackupFailed(reason) from exc
+    finally:
+        session.abort()
+        store.close()

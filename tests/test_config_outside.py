@@ -28,7 +28,7 @@ def test_hba_and_ident_outside_pgdata_are_archived(s3, bucket):
         result = run_runner("--immediate-checkpoint", f"s3://{bucket}/c", "pg", s3=s3,
                             pg=cluster)
         assert result.returncode == 0, result.stderr
-        archives = sorted(k for k in s3.list_objects(bucket, "c/") if "/data" in k)
+        archives = sorted(k for k in s3.list_objects(bucket, "c/pg/base/") if "/data" in k)
         with tarfile.open(fileobj=io.BytesIO(s3.get_object(bucket, archives[-1]))) as tar:
             stored = tar.extractfile("pg_hba.conf")
             assert stored is not None

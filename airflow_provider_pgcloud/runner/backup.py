@@ -24,6 +24,8 @@ from functools import partial
 from types import SimpleNamespace
 from typing import Any
 
+from .cleanup import clean_after_backup
+from .cpu import worker_processes
 from .errors import BackupFailed, PgCloudError
 from .pgdata import Chunk
 from .progress import Progress, configure_logging
@@ -37,13 +39,15 @@ from .steps import (
     stop_backup,
     upload_chunk,
 )
-from .storage import ObjectStore, open_store
+from .storage import ObjectStore, StoreConfig, open_store
 from .upload import BandwidthLimit
+from .watch import exit_with_parent
 
 log = logging.getLogger("pgcloud")
 
 _cancelled: Any = None
 _throttle: BandwidthLimit | None = None
+_store: tuple[StoreConfig, ObjectStore] | None = None
 
 
 def _init_worker(level: int, cancelled: Any, bandwidth: tuple[int, Any, Any] | None) -> None:
@@ -51,17 +55,26 @@ def _init_worker(level: int, cancelled: Any, bandwidth: tuple[int, Any, Any] | N
     _cancelled = cancelled
     _throttle = BandwidthLimit(*bandwidth) if bandwidth else None
     configure_logging(level)
+    exit_with_parent()  # a SIGKILLed runner must not leave workers uploading
+
+
+def _worker_store(config: StoreConfig) -> ObjectStore:
+    """The worker's store, opened on its first chunk and kept for the next ones: creating an
+    SDK client loads its service model, which costs more CPU than uploading a small chunk."""
+    global _store
+    if _store is None or _store[0] != config:
+        if _store is not None:
+            _store[1].close()
+        _store = (config, open_store(config))
+    return _store[1]
 
 
 def _chunk_worker(state: dict[str, Any], chunk: dict[str, Any]) -> dict[str, Any]:
     backup = BackupState.from_dict(state)
-    store = open_store(backup.store)
-    try:
-        result = upload_chunk(
-            backup, Chunk.from_dict(chunk), store, throttle=_throttle, cancelled=_cancelled
-        )
-    finally:
-        store.close()
+    store = _worker_store(backup.store)
+    result = upload_chunk(
+        backup, Chunk.from_dict(chunk), store, throttle=_throttle, cancelled=_cancelled
+    )
     return result.to_dict()
 
 
@@ -92,7 +105,10 @@ def upload_chunks(
     `keepalive_interval` seconds (0: only when a chunk completes), so a restarted server or a
     killed backup session fails the backup then rather than at the stop.
     """
-    workers = max(1, min(jobs, len(state.chunks)))
+    workers = max(1, min(worker_processes(jobs), len(state.chunks)))  # <= one per core
+    # largest first: a 1 GiB relation file is one indivisible chunk, and starting it last
+    # would leave the other workers idle while it runs
+    chunks = sorted(state.chunks, key=lambda chunk: -chunk.planned_bytes)
     cancelled: Any
     pool: Executor
     tasks: list[Callable[[], dict[str, Any]]]
@@ -107,7 +123,7 @@ def upload_chunks(
             initargs=(logging.getLogger().level, cancelled, bandwidth),
         )
         payload = state.to_dict()
-        tasks = [partial(_chunk_worker, payload, chunk.to_dict()) for chunk in state.chunks]
+        tasks = [partial(_chunk_worker, payload, chunk.to_dict()) for chunk in chunks]
     else:
         cancelled = threading.Event()
         throttle = (
@@ -117,7 +133,7 @@ def upload_chunks(
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chunk")
         tasks = [
             partial(_chunk_thread, state, chunk, store, cancelled, throttle)
-            for chunk in state.chunks
+            for chunk in chunks
         ]
     progress = Progress("backup", state.planned_bytes, log, interval=0)
     results: list[ChunkResult] = []
@@ -162,7 +178,6 @@ def run_backup(
                       options.keepalive_interval)
         phase = "stopping the backup"
         stop_backup(state, session, store)
-        return state.backup_id
     except BaseException as exc:
         if state is None:
             raise
@@ -176,6 +191,9 @@ def run_backup(
         if isinstance(exc, PgCloudError):
             raise BackupFailed(str(exc)) from exc
         raise BackupFailed(reason) from exc
+    else:
+        clean_after_backup(store, options.server_name, state.backup_id)
+        return state.backup_id
     finally:
         session.abort()
         store.close()

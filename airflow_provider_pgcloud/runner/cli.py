@@ -87,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
         description="Back up a running PostgreSQL cluster to cloud object storage, in the "
         "layout barman-cloud-backup writes and barman-cloud-restore reads.",
+        epilog="After a successful backup, what earlier runs that died left behind (STARTED "
+        "backups older than 24 hours, their uploads in progress) is removed; "
+        "`python -m airflow_provider_pgcloud.runner.cleanup` does it on demand and "
+        "`python -m airflow_provider_pgcloud.runner.verify` checks a stored backup against "
+        "its manifest.",
     )
     parser.add_argument("destination_url", help="URL of the cloud destination, e.g. s3://bucket/path")
     parser.add_argument("server_name", help="the name of the server as configured in Barman")

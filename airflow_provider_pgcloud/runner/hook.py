@@ -34,6 +34,7 @@ from . import backup_info as bi
 from .backup import upload_chunks
 from .codecs import get_codec
 from .errors import BackupFailed, HookAbort, InputError, PgCloudError
+from .manifest import write_index
 from .pgdata import DATA, ArchiveRoot, plan_chunks, tablespace_prefix
 from .sizes import format_size
 from .steps import BackupOptions, BackupState, ChunkResult
@@ -217,6 +218,9 @@ def upload_barman_backup(
             state, options.jobs, None, upload_store, max_bandwidth=options.max_bandwidth
         )
         _check_stored(state, store)
+        suffix = get_codec(state.compression).suffix
+        write_index(store, prefix, [bi.archive_key(prefix, chunk.name, suffix)
+                                    for chunk in state.chunks], options.server_name)
         with open(backup.info_path, "rb") as handle:
             store.put(bi.info_key(prefix), handle.read())
     except BaseException as exc:

@@ -109,9 +109,17 @@ class PostgresSession:
             )
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with self._conn.cursor() as cursor:
-            cursor.execute(sql, params)
-            return cursor.fetchall() if cursor.description else []
+        try:
+            with self._conn.cursor() as cursor:
+                cursor.execute(sql, params)
+                return cursor.fetchall() if cursor.description else []
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            # a restarted server or a killed session, at any step: the backup failed (exit 1)
+            if not self._conn.closed:
+                raise BackupFailed(f"PostgreSQL error: {_first_line(exc)}") from None
+            raise BackupFailed(
+                f"Connection to the Postgres server was lost during the backup: {_first_line(exc)}"
+            ) from None
 
     def _value(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
         return self._query(sql, params)[0][0]

@@ -11,6 +11,7 @@ nobody comes back to aborts the backup by itself at its deadline.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -242,7 +243,17 @@ def serve(address: str, deadline_seconds: float) -> int:
         server.close()
         os.unlink(address)
         session.abort()
+        _remove_if_quiet(os.path.dirname(address))
     return 0
+
+
+def _remove_if_quiet(directory: str) -> None:
+    """Remove the keeper's directory after a clean exit unless its log has something to say."""
+    log_path = os.path.join(directory, "keeper.log")
+    with contextlib.suppress(OSError):
+        if os.path.getsize(log_path) == 0:
+            os.unlink(log_path)
+            os.rmdir(directory)
 
 
 def main() -> int:

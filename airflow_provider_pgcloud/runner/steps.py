@@ -18,15 +18,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import backup_info as bi
-from .archive import TarWriter
-from .codecs import get_codec
+from .codecs import compression_threads, get_codec
 from .errors import BackupFailed
+from .manifest import ManifestTarWriter, server_of, store_archive_manifest, write_index
 from .pgdata import DATA, ArchiveRoot, Chunk, plan_chunks, relative_inside, tablespace_prefix, walk
 from .progress import Progress
 from .session import BackupSession
 from .sizes import format_size
 from .storage.base import ObjectStore, StoreConfig
-from .upload import PartWriter, part_size_for
+from .upload import PartWriter, part_size_for, parts_in_flight
+from .watch import is_cancelled
 
 log = logging.getLogger("pgcloud")
 
@@ -127,6 +128,10 @@ class ChunkResult:
         return asdict(self)
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def _archive_roots(
     pgdata: str, tablespaces: list[tuple[str, int, str]], major: str
 ) -> list[ArchiveRoot]:
@@ -201,7 +206,12 @@ def start_backup(options: BackupOptions, session: BackupSession, store: ObjectSt
         jobs=options.jobs, info=info, roots=roots, chunks=[],
     )
     store.put(bi.info_key(prefix), bi.encode(info))
-    state.chunks = plan_chunks(roots, options.jobs, options.max_archive_size)
+    try:
+        state.chunks = plan_chunks(roots, options.jobs, options.max_archive_size)
+    except BaseException as exc:
+        # No state reaches the caller, so record the failure here: never leave STARTED behind.
+        fail_backup(state, store, f"failure planning the backup ({_first_line(exc)})", session)
+        raise
     for chunk in state.chunks:
         log.debug("chunk %s: %d files, %s, %r .. %r", chunk.name, chunk.files,
                   format_size(chunk.planned_bytes), chunk.first, chunk.last)
@@ -218,20 +228,28 @@ def upload_chunk(
     store: ObjectStore,
     *,
     throttle: Callable[[int], None] | None = None,
-    cancelled: threading.Event | Any | None = None,
+    cancelled: threading.Event | Callable[[], bool] | Any | None = None,
 ) -> ChunkResult:
-    """Stream one chunk's files as one compressed tar object. Safe to retry: same key."""
+    """Stream one chunk's files as one compressed tar object, then its manifest. Safe to
+    retry: same keys. `cancelled` (an Event, or a callable such as watch.SessionWatch that
+    returns True or raises) is checked before every file and as compressed data leaves."""
     codec = get_codec(state.compression)
     key = bi.archive_key(state.prefix, chunk.name, codec.suffix)
     writer = PartWriter(
         store, key, part_size_for(chunk.planned_bytes, state.min_chunk_size, store),
-        throttle=throttle,
+        max_in_flight=parts_in_flight(state.jobs), throttle=throttle,
     )
-    tar = TarWriter(codec.new(), writer.write)
+
+    def sink(data: bytes) -> None:
+        if is_cancelled(cancelled):  # also mid-file: a 1 GiB file must not delay a failure
+            raise BackupFailed("cancelled because another part of the backup failed")
+        writer.write(data)
+
+    tar = ManifestTarWriter(codec.new(compression_threads(state.jobs)), sink)
     progress = Progress(chunk.name, chunk.planned_bytes, log)
     try:
         for entry in walk(state.root(chunk.archive), chunk.first, chunk.last):
-            if cancelled is not None and cancelled.is_set():
+            if is_cancelled(cancelled):
                 raise BackupFailed("cancelled because another part of the backup failed")
             before = tar.raw_bytes
             if entry.is_dir:
@@ -246,6 +264,8 @@ def upload_chunk(
     except BaseException:
         writer.abort()
         raise
+    store_archive_manifest(store, state.prefix, key, state.compression, tar,
+                           writer.bytes_written)
     log.info("%s stored as %s (%s): %s", chunk.name, key.rpartition("/")[2],
              format_size(writer.bytes_written), progress.summary())
     return ChunkResult(chunk.name, key, tar.raw_bytes, writer.bytes_written, progress.seconds)
@@ -306,7 +326,7 @@ def stop_backup(state: BackupState, session: BackupSession, store: ObjectStore) 
     codec = get_codec(state.compression)
     key = bi.archive_key(state.prefix, f"{DATA}_{_label_chunk_index(state):04d}", codec.suffix)
     writer = PartWriter(store, key, part_size_for(0, state.min_chunk_size, store))
-    tar = TarWriter(codec.new(), writer.write)
+    tar = ManifestTarWriter(codec.new(), writer.write)
     try:
         tar.add_bytes("global/pg_control", pg_control)
         for name, data, mode in config_files:
@@ -317,10 +337,13 @@ def stop_backup(state: BackupState, session: BackupSession, store: ObjectStore) 
     except BaseException:
         writer.abort()
         raise
+    store_archive_manifest(store, state.prefix, key, state.compression, tar,
+                           writer.bytes_written)
     stored = {name for name, _ in store.list(state.prefix + "/")}
     missing = [k for k in expected_keys(state) if k not in stored]
     if missing:
         raise BackupFailed(f"archive objects missing from the store: {', '.join(missing)}")
+    write_index(store, state.prefix, expected_keys(state), server_of(state.prefix))
     info = dict(state.info)
     segment = info["xlog_segment_size"]
     end_wal, end_offset = bi.wal_name(point.lsn, point.timeline, segment)

@@ -22,6 +22,7 @@ The SDK is imported when this module is, and this module only when the provider 
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import threading
 from collections.abc import Iterator
@@ -186,7 +187,9 @@ class AzureBlockUpload:
         self._lock = threading.Lock()
 
     def upload_part(self, number: int, data: bytes) -> None:
-        self._blob.stage_block(block_id(number), data, length=len(data), **self._extra)
+        # retry_total=0: one SDK attempt; the engine retries parts (runner/retry.py)
+        self._blob.stage_block(block_id(number), data, length=len(data), retry_total=0,
+                               **self._extra)
         with self._lock:
             self._staged.add(number)
 
@@ -200,15 +203,23 @@ class AzureBlockUpload:
                                      **self._extra)
 
     def abort(self) -> None:
-        """Nothing to undo: uncommitted blocks are invisible and expire on their own.
+        """Drop the staged blocks when no blob was ever committed under this key.
 
-        Barman commits an empty block list and deletes the blob to drop them sooner; that
-        briefly creates a visible empty blob at the key (which barman-cloud-restore would take
-        for an archive if the delete then failed) and would destroy an object an earlier
-        attempt committed there, so we do not.
+        Uncommitted blocks are invisible and expire after a week, but are billed until then.
+        Barman commits an empty block list and deletes the blob; we do the same only when no
+        committed blob exists at the key (an earlier attempt's archive is never destroyed).
+        The empty blob is visible for a moment, under a backup that is about to be FAILED.
         """
         with self._lock:
-            self._staged.clear()
+            staged, self._staged = bool(self._staged), set()
+        if staged and not self._blob.exists():
+            drop_uncommitted(self._blob)
+
+
+def drop_uncommitted(blob: Any) -> None:
+    """Discard a blob's uncommitted blocks: commit an empty block list, then delete it."""
+    blob.commit_block_list([])
+    blob.delete_blob()
 
 
 class AzureStore:
@@ -274,6 +285,27 @@ class AzureStore:
 
     def start_multipart(self, key: str) -> AzureBlockUpload:
         return AzureBlockUpload(self._container, key, self._extra, self._tags)
+
+    # --- maintenance (verify and cleanup) ---
+    def iter_object(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        yield from self._container.download_blob(key).chunks()
+
+    def delete(self, key: str) -> None:
+        self._container.delete_blob(key)
+
+    def list_uploads(self, prefix: str) -> Iterator[tuple[str, str, dt.datetime]]:
+        """(key, "", created) of every blob under prefix that has only uncommitted blocks."""
+        committed = {blob.name for blob in self._container.list_blobs(name_starts_with=prefix)}
+        for blob in self._container.list_blobs(name_starts_with=prefix,
+                                               include=["uncommittedblobs"]):
+            if blob.name not in committed:
+                when = blob.creation_time or blob.last_modified or dt.datetime.now(dt.UTC)
+                yield blob.name, "", when
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        blob = self._container.get_blob_client(key)
+        if not blob.exists():
+            drop_uncommitted(blob)
 
     def close(self) -> None:
         if not self._supplied:

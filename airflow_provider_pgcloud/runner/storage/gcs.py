@@ -112,7 +112,10 @@ class GCSResumableUpload:
     """One object written through a resumable upload session, chunk after chunk.
 
     `upload_part` may be called from several threads; calls proceed in part-number order.
+    A failed chunk is resumed here (`_send`), never re-sent by the engine: `part_retry`.
     """
+
+    part_retry = False
 
     def __init__(self, blob: Blob, key: str, timeout: tuple[float, float]) -> None:
         self.key = key
@@ -305,6 +308,16 @@ class GCSStore:
 
     def start_multipart(self, key: str) -> GCSResumableUpload:
         return GCSResumableUpload(self._blob(key), key, self._timeout)
+
+    # --- maintenance (verify and cleanup); resumable sessions cannot be listed ---
+    def iter_object(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        with self._bucket.blob(key, chunk_size=chunk_size).open(
+                "rb", timeout=self._timeout) as reader:
+            while data := reader.read(chunk_size):
+                yield data
+
+    def delete(self, key: str) -> None:
+        self._bucket.blob(key).delete(timeout=self._timeout, retry=DEFAULT_RETRY)
 
     def close(self) -> None:
         if not self._supplied:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -34,18 +35,29 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 
 
 class S3MultipartUpload:
-    """One S3 multipart upload; `upload_part` is safe to call from several threads."""
+    """One S3 multipart upload; `upload_part` is safe to call from several threads.
 
-    def __init__(self, client: Any, bucket: str, key: str, extra: dict[str, str]) -> None:
+    Parts and the abort go through `part_client`, which makes one attempt per call: the
+    engine retries parts itself (runner/retry.py), and an abort that fails is left to the
+    cleanup (runner/cleanup.py) rather than delaying the failure.
+    """
+
+    # PartWriter may hand over its bytearray part buffers: botocore sends a bytearray body in
+    # one piece, where it wraps bytes in a BytesIO that it hashes and sends in small copies
+    accepts_buffers = True
+
+    def __init__(self, client: Any, bucket: str, key: str, extra: dict[str, str],
+                 part_client: Any = None) -> None:
         self.key = key
         self._client, self._bucket = client, bucket
+        self._part_client = part_client or client
         response = client.create_multipart_upload(Bucket=bucket, Key=key, **extra)
         self._upload_id: str = response["UploadId"]
         self._parts: dict[int, str] = {}
         self._lock = threading.Lock()
 
-    def upload_part(self, number: int, data: bytes) -> None:
-        response = self._client.upload_part(
+    def upload_part(self, number: int, data: bytes | bytearray) -> None:
+        response = self._part_client.upload_part(
             Bucket=self._bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number,
             Body=data,
         )
@@ -60,7 +72,7 @@ class S3MultipartUpload:
         )
 
     def abort(self) -> None:
-        self._client.abort_multipart_upload(
+        self._part_client.abort_multipart_upload(
             Bucket=self._bucket, Key=self.key, UploadId=self._upload_id
         )
 
@@ -92,6 +104,10 @@ class S3Store:
             options["response_checksum_validation"] = "when_required"
         self._session = session
         self._client: Any = session.client(
+            "s3", endpoint_url=config.endpoint_url, config=Config(**options)
+        )
+        options["retries"] = {"mode": "standard", "total_max_attempts": 1}
+        self._part_client: Any = session.client(
             "s3", endpoint_url=config.endpoint_url, config=Config(**options)
         )
         self._extra: dict[str, Any] = {}
@@ -135,7 +151,29 @@ class S3Store:
                 yield item["Key"], item["Size"]
 
     def start_multipart(self, key: str) -> S3MultipartUpload:
-        return S3MultipartUpload(self._client, self.bucket, key, self._extra)
+        return S3MultipartUpload(self._client, self.bucket, key, self._extra, self._part_client)
+
+    # --- maintenance (verify and cleanup) ---
+    def iter_object(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        try:
+            yield from body.iter_chunks(chunk_size)
+        finally:
+            body.close()
+
+    def delete(self, key: str) -> None:
+        self._client.delete_object(Bucket=self.bucket, Key=key)
+
+    def list_uploads(self, prefix: str) -> Iterator[tuple[str, str, dt.datetime]]:
+        """(key, upload ID, initiated) of every multipart upload in progress under prefix."""
+        paginator = self._client.get_paginator("list_multipart_uploads")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Uploads", ()):
+                yield item["Key"], item["UploadId"], item["Initiated"]
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
 
     def close(self) -> None:
         self._client.close()
+        self._part_client.close()

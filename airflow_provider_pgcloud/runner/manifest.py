@@ -1,0 +1,252 @@
+"""The backup manifest: every archived file with its size and checksum, computed while streaming.
+
+Barman stores no checksums, so a damaged archive object is found only when a restore fails (or,
+worse, when a restored cluster misbehaves). Each archive object here gets a manifest written by
+whoever uploads it (a runner worker process, an Airflow upload task), from the bytes as they go
+into the tar stream: nothing is read twice. The stop step then writes an index naming every
+archive of the backup, before backup.info says DONE. `verify.py` checks the stored archives
+against it without restoring anything.
+
+Where (for backup `<path>/<server>/base/<id>/`):
+  <path>/<server>/pgcloud/<id>/archives/<archive object name>.json   one per archive object
+  <path>/<server>/pgcloud/<id>/manifest.json                         the index, written last
+
+A sibling prefix, not `base/<id>/`: barman-cloud-backup-list reads only `base/`, restore only
+the archives and backup.info it recognises, and barman-cloud-backup-delete deletes only those,
+so nothing of Barman's sees these objects; an object inside `base/<id>/` would be left behind
+by barman-cloud-backup-delete as a directory without backup.info. Manifests whose backup was
+deleted are removed by `cleanup.py`.
+
+Archive manifest (JSON):
+  {"format": "pgcloud-archive-manifest", "version": 1, "backup_id": ..., "archive": "data.tar.gz",
+   "compression": "gzip" | null, "checksum_algorithm": "CRC32C" | "SHA256",
+   "stored_bytes": <object size>, "stored_checksum": <checksum of the object's bytes>,
+   "tar_bytes": <uncompressed tar size>,
+   "members": [{"path": "base/1/1259", "type": "file", "mode": 384, "mtime": 1700000000,
+                "size": 8192, "checksum": "<hex>"},
+               {"path": "base", "type": "dir", "mode": 448, "mtime": ...},
+               {"path": "x", "type": "symlink", "target": "/elsewhere", ...}, ...]}
+Members are in archive order. `checksum` is CRC32C (as PostgreSQL's backup_manifest uses by
+default; hex of the big-endian value) when the google-crc32c C extension is installed, else
+SHA-256; the manifest says which. It covers exactly the bytes archived for the file (a file
+that shrank while it was read is archived zero-padded, one that grew is cut at its header size).
+`stored_checksum` (same algorithm) covers the object as uploaded, compressed: it catches damage
+the member checks cannot see (tar padding, a recompressed but equal archive).
+
+Index (JSON):
+  {"format": "pgcloud-manifest", "version": 1, "backup_id": ..., "server_name": ...,
+   "created": <ISO time>, "archives": [{"archive": "data.tar.gz",
+   "manifest": "archives/data.tar.gz.json", "manifest_bytes": <size>}, ...]}
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import posixpath
+import stat
+import tarfile
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from .archive import TarWriter
+from .codecs import Compressor
+from .errors import BackupFailed
+from .storage.base import ObjectStore
+
+FORMAT_ARCHIVE = "pgcloud-archive-manifest"
+FORMAT_INDEX = "pgcloud-manifest"
+VERSION = 1
+MANIFEST_DIR = "pgcloud"
+
+
+class Checksum(Protocol):
+    def update(self, data: bytes | memoryview, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
+class _Crc32c:
+    def __init__(self, module: Any) -> None:
+        self._crc = module.Checksum()
+
+    def update(self, data: bytes | memoryview, /) -> None:
+        self._crc.update(bytes(data) if isinstance(data, memoryview) else data)
+
+    def hexdigest(self) -> str:
+        digest: bytes = self._crc.digest()
+        return digest.hex()
+
+
+def _crc32c_module() -> Any:
+    try:
+        import google_crc32c
+    except ImportError:
+        return None
+    return google_crc32c
+
+
+def default_algorithm() -> str:
+    """CRC32C when its C implementation is installed (GB/s), else SHA-256 (always there)."""
+    module = _crc32c_module()
+    return "CRC32C" if module is not None and module.implementation == "c" else "SHA256"
+
+
+def new_checksum(algorithm: str) -> Checksum:
+    if algorithm == "SHA256":
+        return hashlib.sha256()
+    if algorithm == "CRC32C":
+        module = _crc32c_module()
+        if module is None:
+            raise BackupFailed("checking CRC32C checksums needs the google-crc32c package")
+        return _Crc32c(module)
+    raise BackupFailed(f"unknown checksum algorithm {algorithm!r}")
+
+
+# --- keys ----------------------------------------------------------------------------------
+
+def manifest_root(backup_prefix: str) -> str:
+    """`<path>/<server>/base/<id>` -> `<path>/<server>/pgcloud/<id>`."""
+    server_prefix, backup_id = posixpath.split(backup_prefix)
+    return posixpath.join(posixpath.dirname(server_prefix), MANIFEST_DIR, backup_id)
+
+
+def archive_manifest_key(backup_prefix: str, archive: str) -> str:
+    return f"{manifest_root(backup_prefix)}/archives/{archive}.json"
+
+
+def index_key(backup_prefix: str) -> str:
+    return f"{manifest_root(backup_prefix)}/manifest.json"
+
+
+# --- recording while streaming ---------------------------------------------------------------
+
+_TYPES = {tarfile.REGTYPE: "file", tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "symlink"}
+
+
+class ManifestTarWriter(TarWriter):
+    """A TarWriter that records every member, checksumming file data as it streams past.
+
+    It relies on TarWriter sending each filesystem member through `_header` and every byte
+    through `_write` (the data of a file right after its header); in-memory members come
+    through `add_bytes`. The verify tests compare what it records with what is stored.
+    """
+
+    def __init__(self, compressor: Compressor, sink: Callable[[bytes], None],
+                 algorithm: str | None = None) -> None:
+        self.algorithm = algorithm or default_algorithm()
+        self._stored = new_checksum(self.algorithm)  # of the compressed bytes, as stored
+
+        def checksummed(data: bytes) -> None:
+            self._stored.update(data)
+            sink(data)
+
+        super().__init__(compressor, checksummed)
+        self.entries: list[dict[str, Any]] = []
+        self._checksum: Checksum | None = None
+        self._remaining = 0
+        self._current: dict[str, Any] = {}
+
+    def _header(self, name: str, st: os.stat_result, kind: bytes, size: int = 0,
+                linkname: str = "") -> None:
+        super()._header(name, st, kind, size, linkname)
+        entry: dict[str, Any] = {"path": name, "type": _TYPES.get(kind, kind.decode()),
+                                 "mode": stat.S_IMODE(st.st_mode), "mtime": int(st.st_mtime)}
+        if kind == tarfile.SYMTYPE:
+            entry["target"] = linkname
+        elif kind == tarfile.REGTYPE:
+            entry["size"] = size
+            self._checksum, self._remaining, self._current = (
+                new_checksum(self.algorithm), size, entry)
+            if not size:
+                self._finish_file()
+        self.entries.append(entry)
+
+    def _write(self, data: bytes) -> None:
+        super()._write(data)
+        if self._remaining and self._checksum is not None:
+            piece = data if len(data) <= self._remaining else memoryview(data)[:self._remaining]
+            self._checksum.update(piece)
+            self._remaining -= len(piece)
+            if not self._remaining:
+                self._finish_file()
+
+    @property
+    def stored_checksum(self) -> str:
+        """Checksum of the whole object as uploaded (after the tar is closed)."""
+        return self._stored.hexdigest()
+
+    def _finish_file(self) -> None:
+        assert self._checksum is not None
+        self._current["checksum"] = self._checksum.hexdigest()
+        self._checksum, self._current = None, {}
+
+    def add_bytes(self, name: str, data: bytes, mode: int = 0o600) -> None:
+        super().add_bytes(name, data, mode)
+        checksum = new_checksum(self.algorithm)
+        checksum.update(data)
+        self.entries.append({"path": name, "type": "file", "mode": mode, "size": len(data),
+                             "checksum": checksum.hexdigest()})
+
+
+def store_archive_manifest(
+    store: ObjectStore, backup_prefix: str, key: str, compression: str | None,
+    tar: ManifestTarWriter, stored_bytes: int,
+) -> str:
+    """Write the manifest of the archive object `key` (already stored); return its key."""
+    archive = posixpath.basename(key)
+    document = {
+        "format": FORMAT_ARCHIVE,
+        "version": VERSION,
+        "backup_id": posixpath.basename(backup_prefix),
+        "archive": archive,
+        "compression": compression,
+        "checksum_algorithm": tar.algorithm,
+        "stored_bytes": stored_bytes,
+        "stored_checksum": tar.stored_checksum,
+        "tar_bytes": tar.raw_bytes,
+        "members": tar.entries,
+    }
+    manifest_key = archive_manifest_key(backup_prefix, archive)
+    store.put(manifest_key, json.dumps(document, separators=(",", ":")).encode())
+    return manifest_key
+
+
+def write_index(store: ObjectStore, backup_prefix: str, archive_keys: list[str],
+                server_name: str) -> str:
+    """Write the index of a finished backup's manifest; every archive must have its manifest.
+
+    Raises BackupFailed naming the archives whose manifest is missing, so a backup is never
+    DONE without a complete manifest.
+    """
+    root = manifest_root(backup_prefix)
+    stored = dict(store.list(f"{root}/archives/"))
+    archives, missing = [], []
+    for key in archive_keys:
+        name = posixpath.basename(key)
+        manifest_key = archive_manifest_key(backup_prefix, name)
+        if manifest_key not in stored:
+            missing.append(name)
+            continue
+        archives.append({"archive": name, "manifest": manifest_key[len(root) + 1:],
+                         "manifest_bytes": stored[manifest_key]})
+    if missing:
+        raise BackupFailed(f"archive manifests missing from the store: {', '.join(missing)}")
+    document = {
+        "format": FORMAT_INDEX,
+        "version": VERSION,
+        "backup_id": posixpath.basename(backup_prefix),
+        "server_name": server_name,
+        "created": dt.datetime.now(dt.UTC).isoformat(),
+        "archives": archives,
+    }
+    key = index_key(backup_prefix)
+    store.put(key, json.dumps(document, indent=1).encode())
+    return key
+
+
+def server_of(backup_prefix: str) -> str:
+    """The server name in `<path>/<server>/base/<id>`."""
+    return posixpath.basename(posixpath.dirname(posixpath.dirname(backup_prefix)))

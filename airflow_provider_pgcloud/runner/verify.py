@@ -1,0 +1,383 @@
+"""Check a stored backup against its manifest, without restoring it.
+
+    python -m airflow_provider_pgcloud.runner.verify [OPTIONS] SOURCE_URL SERVER_NAME BACKUP_ID
+
+Every archive object is streamed from the store once, decompressed and read as tar, and each
+member is compared with the manifest written while the backup was taken (manifest.py): the
+same members in the same order, each file with its size and checksum, directories and symlinks
+with their mode and target. Also checked: backup.info says DONE; the set of archive objects
+barman-cloud-restore would extract is exactly the manifest's (a stray `data_0007.tar` would be
+extracted on top of the backup); each object's size is the size uploaded, and it holds one
+compression stream and nothing after it (Barman's restore silently drops what follows the
+first). Nothing is written. Memory stays at a few MiB whatever the archive size.
+
+Exit codes: 0 the backup matches its manifest; 1 it does not (the first bad archive and file
+are named), or it is not DONE, or it has no manifest; 2 the store is unreachable; 3 bad input.
+
+`verify_backup(store, server_name, backup_id)` is the engine function (an Airflow task can
+wrap it): it returns a VerifyReport, or raises VerifyFailed (a BackupFailed, exit code 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import bz2
+import importlib
+import json
+import logging
+import posixpath
+import re
+import sys
+import tarfile
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from . import backup_info as bi
+from .errors import BackupFailed, InputError
+from .manifest import (
+    FORMAT_ARCHIVE,
+    FORMAT_INDEX,
+    Checksum,
+    index_key,
+    manifest_root,
+    new_checksum,
+)
+from .sizes import format_size
+from .storage import ObjectStore, open_store
+from .storeargs import Parser, add_store_arguments, run_main, store_config
+
+log = logging.getLogger("pgcloud")
+
+READ_SIZE = 1 << 20
+_ARCHIVE = re.compile(r"^(?P<stem>data|\d+)(?:_\d{4})?\.tar(?:\.(?:gz|bz2|snappy|lz4|zst))?$")
+_TAR_TYPES = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.DIRTYPE: "dir",
+              tarfile.SYMTYPE: "symlink"}
+
+
+class VerifyFailed(BackupFailed):
+    """The stored backup does not match its manifest. `archive`/`path` name the first bad
+    archive object and member (None when the problem is not one member)."""
+
+    def __init__(self, message: str, archive: str | None = None, path: str | None = None):
+        super().__init__(message)
+        self.archive, self.path = archive, path
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    backup_id: str
+    archives: int
+    files: int
+    bytes: int  # archived file bytes checked
+    stored_bytes: int
+    seconds: float
+
+    def summary(self) -> str:
+        return (f"backup {self.backup_id} matches its manifest: {self.archives} archives, "
+                f"{self.files} files, {format_size(self.bytes)} checked "
+                f"({format_size(self.stored_bytes)} stored) in {self.seconds:.1f}s")
+
+
+class ReadableStore(ObjectStore, Protocol):
+    def iter_object(self, key: str, chunk_size: int = READ_SIZE) -> Iterator[bytes]: ...
+
+
+# --- decompression ---------------------------------------------------------------------------
+
+class _Decompressor:
+    """One compression stream; data after its end is counted in `trailing`."""
+
+    def __init__(self, compression: str | None) -> None:
+        self.compression = compression
+        self.trailing = 0
+        self._ended = False
+        self._d: Any = None
+        if compression == "gzip":
+            self._d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif compression == "bzip2":
+            self._d = bz2.BZ2Decompressor()
+        elif compression == "lz4":
+            self._d = importlib.import_module("lz4.frame").LZ4FrameDecompressor()
+        elif compression == "zstd":
+            self._d = importlib.import_module("zstandard").ZstdDecompressor().decompressobj()
+        elif compression == "snappy":
+            self._d = importlib.import_module("snappy").StreamDecompressor()
+        elif compression is not None:
+            raise BackupFailed(f"unknown compression {compression!r} in the manifest")
+
+    def feed(self, data: bytes) -> bytes:
+        if self._d is None:
+            return data
+        if self._ended:
+            self.trailing += len(data)
+            return b""
+        try:
+            out: bytes = self._d.decompress(data)
+        except Exception as exc:  # each library has its own error type (lz4: RuntimeError)
+            raise ValueError(f"corrupt {self.compression} data: {exc}") from None
+        if getattr(self._d, "eof", False):
+            self._ended = True
+            self.trailing += len(getattr(self._d, "unused_data", b"") or b"")
+        return out
+
+    def finish(self) -> bytes:
+        """The rest; raises if the stream was cut short."""
+        if self._d is None:
+            return b""
+        if self.compression == "snappy":
+            try:
+                tail: bytes = self._d.flush()
+            except Exception as exc:
+                raise ValueError(f"corrupt snappy data: {exc}") from None
+            return tail
+        if not self._ended:
+            raise ValueError("the compressed stream ends early")
+        return b""
+
+
+class _TarSource:
+    """A read()-able view of the decompressed object for tarfile's stream mode."""
+
+    def __init__(self, chunks: Iterator[bytes], decompressor: _Decompressor,
+                 checksum: Checksum) -> None:
+        self._chunks, self._d, self.checksum = chunks, decompressor, checksum
+        self._buffer = bytearray()
+        self._done = False
+        self.stored_bytes = 0
+
+    def _fill(self, size: int) -> None:
+        while not self._done and (size < 0 or len(self._buffer) < size):
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                self._buffer += self._d.finish()
+                self._done = True
+                break
+            self.stored_bytes += len(chunk)
+            self.checksum.update(chunk)
+            self._buffer += self._d.feed(chunk)
+
+    def read(self, size: int = -1) -> bytes:
+        self._fill(size)
+        if size < 0 or size >= len(self._buffer):
+            data, self._buffer = bytes(self._buffer), bytearray()
+            return data
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+    def drain(self) -> None:
+        """Read what follows the tar end (record padding) to count the stored bytes."""
+        while not self._done:
+            self._fill(len(self._buffer) + READ_SIZE)
+            self._buffer.clear()
+
+
+# --- checks ----------------------------------------------------------------------------------
+
+def _member_type(member: tarfile.TarInfo) -> str:
+    return _TAR_TYPES.get(member.type, member.type.decode(errors="replace"))
+
+
+def _check_archive(store: ReadableStore, key: str, manifest: dict[str, Any],
+                   stored_size: int) -> tuple[int, int]:
+    """Stream one archive object and compare it with its manifest; (files, bytes) checked."""
+    archive = manifest["archive"]
+
+    def fail(message: str, path: str | None = None) -> VerifyFailed:
+        where = f"{archive}: {path}: " if path is not None else f"{archive}: "
+        return VerifyFailed(where + message, archive, path)
+
+    decompressor = _Decompressor(manifest.get("compression"))
+    algorithm = manifest["checksum_algorithm"]
+    source = _TarSource(store.iter_object(key, READ_SIZE), decompressor,
+                        new_checksum(algorithm))
+    expected = iter(manifest["members"])
+    files = nbytes = 0
+    try:
+        with tarfile.open(fileobj=source, mode="r|", bufsize=READ_SIZE) as tar:  # type: ignore[call-overload]
+            for member in tar:
+                want = next(expected, None)
+                if want is None:
+                    raise fail("in the archive but not in the manifest", member.name)
+                if member.name != want["path"]:
+                    raise fail(f"found where the manifest has {want['path']!r}", member.name)
+                kind = _member_type(member)
+                if kind != want["type"]:
+                    raise fail(f"is a {kind}, the manifest says {want['type']}", member.name)
+                if member.mode != want["mode"]:
+                    raise fail(f"mode {member.mode:o}, the manifest says {want['mode']:o}",
+                               member.name)
+                if "mtime" in want and int(member.mtime) != want["mtime"]:
+                    raise fail("modification time differs from the manifest", member.name)
+                if kind == "symlink" and member.linkname != want.get("target"):
+                    raise fail(f"links to {member.linkname!r}, the manifest says "
+                               f"{want.get('target')!r}", member.name)
+                if kind != "file":
+                    continue
+                if member.size != want["size"]:
+                    raise fail(f"{member.size} bytes, the manifest says {want['size']}",
+                               member.name)
+                checksum = new_checksum(algorithm)
+                reader = tar.extractfile(member)
+                assert reader is not None
+                while data := reader.read(READ_SIZE):
+                    checksum.update(data)
+                if checksum.hexdigest() != want["checksum"]:
+                    raise fail(f"{algorithm} checksum {checksum.hexdigest()} does not match "
+                               f"the manifest's {want['checksum']}", member.name)
+                files += 1
+                nbytes += member.size
+        missing = next(expected, None)
+        if missing is not None:
+            raise fail("in the manifest but not in the archive", missing["path"])
+        source.drain()
+    except VerifyFailed:
+        raise
+    except (tarfile.TarError, ValueError, EOFError, zlib.error) as exc:
+        raise fail(f"unreadable: {(str(exc).splitlines() or [type(exc).__name__])[0]}") \
+            from None
+    if decompressor.trailing:
+        raise fail(f"{decompressor.trailing} bytes follow the compression stream; "
+                   "barman-cloud-restore would ignore them")
+    if source.stored_bytes != stored_size:
+        raise fail(f"read {source.stored_bytes} bytes of a {stored_size}-byte object")
+    # members first: they name what differs; then the object as a whole
+    if stored_size != manifest["stored_bytes"]:
+        raise fail(f"stored object is {stored_size} bytes, {manifest['stored_bytes']} were "
+                   "uploaded (its files match the manifest)")
+    want = manifest.get("stored_checksum")
+    if want is not None and source.checksum.hexdigest() != want:
+        raise fail(f"stored object's {algorithm} checksum {source.checksum.hexdigest()} is not "
+                   f"the uploaded one's {want} (its files match the manifest)")
+    return files, nbytes
+
+
+def resolve_backup_id(store: ObjectStore, server_name: str, backup_id: str) -> str:
+    """A backup ID as given, or `latest`/`last`/`oldest`/`first` (DONE backups) or a name."""
+    if bi.is_backup_id(backup_id):
+        return backup_id
+    base = posixpath.join(store.base_path, server_name, "base") + "/"
+    infos = sorted(k for k, _ in store.list(base) if k.endswith("/backup.info"))
+    done: list[tuple[str, dict[str, Any]]] = []
+    for key in infos:
+        candidate = key[len(base):].split("/", 1)[0]
+        if not bi.is_backup_id(candidate):
+            continue
+        try:
+            info = bi.decode(store.get(key))
+        except Exception:
+            continue
+        if info.get("status") == bi.DONE:
+            done.append((candidate, info))
+    if backup_id in ("latest", "last") and done:
+        return done[-1][0]
+    if backup_id in ("oldest", "first") and done:
+        return done[0][0]
+    named = [candidate for candidate, info in done if info.get("backup_name") == backup_id]
+    if len(named) > 1:
+        raise InputError(f"Multiple backups found matching name '{backup_id}'")
+    if named:
+        return named[0]
+    raise VerifyFailed(f"no DONE backup {backup_id!r} for server {server_name}")
+
+
+def verify_backup(store: ObjectStore, server_name: str, backup_id: str) -> VerifyReport:
+    """Check one stored backup against its manifest (see the module doc).
+
+    `backup_id` may be an ID, `latest`, `oldest` or a backup name. Raises VerifyFailed at the
+    first difference; returns a VerifyReport when everything matches.
+    """
+    started = time.monotonic()
+    readable: ReadableStore = store  # type: ignore[assignment]
+    if not hasattr(store, "iter_object"):
+        raise BackupFailed("this store cannot stream objects for verification")
+    backup_id = resolve_backup_id(store, server_name, backup_id)
+    prefix = bi.backup_prefix(store.base_path, server_name, backup_id)
+    stored = dict(store.list(prefix + "/"))
+    if bi.info_key(prefix) not in stored:
+        raise VerifyFailed(f"backup {backup_id} of server {server_name} not found")
+    info = bi.decode(store.get(bi.info_key(prefix)))
+    if info.get("status") != bi.DONE:
+        raise VerifyFailed(f"backup {backup_id} is {info.get('status')}, not DONE")
+    try:
+        index = json.loads(store.get(index_key(prefix)))
+    except Exception:
+        if not any(k.startswith(manifest_root(prefix) + "/") for k, _ in
+                   store.list(manifest_root(prefix) + "/")):
+            raise VerifyFailed(f"backup {backup_id} has no manifest (taken by another tool, "
+                               "or before manifests existed)") from None
+        raise VerifyFailed(f"the manifest index of backup {backup_id} is missing or "
+                           "unreadable") from None
+    if index.get("format") != FORMAT_INDEX:
+        raise VerifyFailed(f"{index_key(prefix)} is not a pgcloud manifest")
+
+    listed = [entry["archive"] for entry in index["archives"]]
+    restorable = {key[len(prefix) + 1:] for key in stored
+                  if _ARCHIVE.match(key[len(prefix) + 1:])}
+    extra = sorted(restorable - set(listed))
+    if extra:
+        raise VerifyFailed(f"{extra[0]}: barman-cloud-restore would extract it, but it is not "
+                           "in the manifest", extra[0])
+    archives = files = nbytes = stored_bytes = 0
+    root = manifest_root(prefix)
+    for entry in index["archives"]:
+        name = entry["archive"]
+        key = f"{prefix}/{name}"
+        if key not in stored:
+            raise VerifyFailed(f"{name}: missing from the store", name)
+        try:
+            manifest = json.loads(store.get(f"{root}/{entry['manifest']}"))
+        except Exception as exc:
+            raise VerifyFailed(f"{name}: its manifest is missing or unreadable ({exc})",
+                               name) from None
+        if manifest.get("format") != FORMAT_ARCHIVE or manifest.get("archive") != name:
+            raise VerifyFailed(f"{name}: its manifest does not describe it", name)
+        log.debug("checking %s (%s)", name, format_size(stored[key]))
+        checked_files, checked_bytes = _check_archive(readable, key, manifest, stored[key])
+        archives += 1
+        files += checked_files
+        nbytes += checked_bytes
+        stored_bytes += stored[key]
+    mains = {name.split(".", 1)[0] for name in listed}
+    for stem in ["data", *(str(oid) for _, oid, _ in info.get("tablespaces") or ())]:
+        if stem not in mains:
+            raise VerifyFailed(f"{stem}.tar*: the main archive is missing", stem)
+    return VerifyReport(backup_id, archives, files, nbytes, stored_bytes,
+                        time.monotonic() - started)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="python -m airflow_provider_pgcloud.runner.verify",
+        description="Check a stored backup against the manifest written while it was taken: "
+        "every archive object is streamed, decompressed and each file's size and checksum "
+        "compared, without restoring anything. Exit 0 when everything matches, 1 at the "
+        "first difference (the archive and file are named).",
+    )
+    parser.add_argument("source_url", help="URL of the cloud source, e.g. s3://bucket/path")
+    parser.add_argument("server_name", help="the name of the server as configured in Barman")
+    parser.add_argument("backup_id", help="the backup ID, a backup name, or latest/oldest")
+    add_store_arguments(parser)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    store = open_store(store_config(args, args.source_url))
+    try:
+        store.check()
+        report = verify_backup(store, args.server_name, args.backup_id)
+    finally:
+        store.close()
+    log.info("%s", report.summary())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(build_parser(), argv, _run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

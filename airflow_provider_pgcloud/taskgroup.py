@@ -34,6 +34,7 @@ from .operators import (
     StopBackupAndUploadLabelOperator,
     TakeDiskSnapshotsOperator,
     UploadTablespaceChunksOperator,
+    VerifyBackupOperator,
 )
 from .runner.session import DEFAULT_DEADLINE_SECONDS
 
@@ -56,6 +57,7 @@ def pg_cloud_backup_group(
     snapshot_disks: Sequence[str] | str | None = None,
     snapshot_options: dict[str, Any] | None = None,
     asset_alias: str | None = DEFAULT_ASSET_ALIAS,
+    verify: bool = False,
     **backup_options: Any,
 ) -> TaskGroup:
     """Add a backup of the `postgres_conn_id` cluster to `destination_url` to the current DAG.
@@ -68,6 +70,7 @@ def pg_cloud_backup_group(
     `asset_alias` AssetAlias. With `snapshot_instance` and `snapshot_disks` (provider options
     in `snapshot_options`, see TakeDiskSnapshotsOperator) it is a disk snapshot backup: no
     archive objects, the disks snapshotted between start and stop, as barman-cloud-backup does.
+    With `verify`, a last task checks the stored archives against the backup's manifest.
     """
     placement: dict[str, Any] = {"queue": queue} if queue else {}
     connections: dict[str, Any] = {
@@ -102,4 +105,12 @@ def pg_cloud_backup_group(
         start >> upload >> snapshots >> stop.as_teardown(
             setups=start, on_failure_fail_dagrun=True
         )
+        if verify and not snapshot_instance:
+            stop >> VerifyBackupOperator(
+                task_id="verify_backup", destination_url=destination_url,
+                server_name=server_name,
+                backup_id=f"{{{{ ti.xcom_pull(task_ids='{stop.task_id}')['backup_id'] }}}}",
+                cloud_provider=backup_options.get("cloud_provider", "aws-s3"),
+                endpoint_url=backup_options.get("endpoint_url"), **connections, **placement,
+            )
     return group

@@ -64,7 +64,7 @@ import datetime as dt
 
 from airflow.sdk import DAG, Param
 
-from airflow_provider_pgcloud.operators import PgCloudBackupOperator
+from airflow_provider_pgcloud.operators import PgCloudBackupOperator, VerifyBackupOperator
 from airflow_provider_pgcloud.taskgroup import pg_cloud_backup_group
 
 PARAMS = {{
@@ -90,6 +90,16 @@ with DAG("pgcloud_test_deadline", schedule=None, start_date=START, params=PARAMS
 
 with DAG("pgcloud_test_snapshot", schedule=None, start_date=START, params=PARAMS):
     pg_cloud_backup_group(**COMMON, snapshot_instance="vm-1", snapshot_disks=["disk-1"])
+
+with DAG("pgcloud_test_verify", schedule=None, start_date=START, params=PARAMS):
+    pg_cloud_backup_group(**COMMON, upload_retries=0, verify=True)
+
+with DAG("pgcloud_test_verify_only", schedule=None, start_date=START,
+         params={{**PARAMS, "backup_id": Param("latest", type="string")}}):
+    VerifyBackupOperator(
+        task_id="verify", destination_url="{{{{ params.destination_url }}}}",
+        server_name="{{{{ params.server_name }}}}", backup_id="{{{{ params.backup_id }}}}",
+    )
 
 with DAG("pgcloud_test_single", schedule=None, start_date=START, params=PARAMS):
     PgCloudBackupOperator(

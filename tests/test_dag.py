@@ -573,3 +573,59 @@ def test_rendered_values_become_engine_options(airflow_home: Path) -> None:
     assert options.immediate_checkpoint is True and options.backup_name is None
     assert options.store.tags == (("team", "db"), ("kind", "nightly"))
     assert os.environ["AIRFLOW_HOME"] == AIRFLOW_ENV["AIRFLOW_HOME"]
+
+
+# ------------------------------------------------------------------ verify as a task
+def test_verify_task_passes_then_names_a_corrupted_file(
+    bag: Any, conns: Connections, s3: S3Server, pg: PgCluster, bucket: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The backup group's verify task checks the fresh backup; after one archive is damaged,
+    a verify task fails and names the damaged file."""
+    from tests.test_verify import _corrupt_one_file
+
+    conf = run_conf(bucket)
+    dag_run = run_dag(get_dag(bag, "pgcloud_test_verify"), conf)
+    assert str(dag_run.state) == "success", caplog.text[-5000:]
+    assert task_states(dag_run)[(f"{GROUP}.verify_backup", None)] == "success"
+
+    [backup_id] = statuses(s3, conf["destination_url"])
+    prefix = f"path/pg/base/{backup_id}"
+    [victim] = [k for k in s3.list_objects(bucket, prefix) if k.endswith("/data.tar.gz")]
+    damaged, name = _corrupt_one_file(s3.get_object(bucket, victim))
+    s3.client().put_object(Bucket=bucket, Key=victim, Body=damaged)
+
+    caplog.clear()
+    failed = run_dag(get_dag(bag, "pgcloud_test_verify_only"), {**conf, "backup_id": backup_id})
+    assert str(failed.state) == "failed"
+    assert name in caplog.text
+
+
+def test_upload_tasks_fail_fast_when_the_database_session_is_lost(
+    bag: Any, conns: Connections, s3: S3Server, pg: PgCluster, bucket: str,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The backup's session is killed as the first upload starts: that upload fails at once
+    (before storing its object) with the reason, the others fail too, and the backup is FAILED."""
+    real_walk = steps.walk
+    killed: list[int] = []
+
+    def walk_after_killing_the_session(*args: Any, **kwargs: Any) -> Any:
+        if not killed:
+            rows = pg.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE application_name = 'pgcloud_backup'")
+            killed.append(len(rows))
+        return real_walk(*args, **kwargs)
+
+    monkeypatch.setattr(steps, "walk", walk_after_killing_the_session)
+    dag_run = run_dag(get_dag(bag, "pgcloud_test_no_retry"), run_conf(bucket))
+    assert killed == [1]
+    assert str(dag_run.state) == "failed"
+    uploads = {label: state for (task, label), state in task_states(dag_run).items()
+               if task == UPLOAD}
+    assert uploads and set(uploads.values()) == {"failed"}, uploads
+    [backup_id] = statuses(s3, f"s3://{bucket}/path")
+    assert not any(key.endswith(".tar.gz")
+                   for key in s3.list_objects(bucket, f"path/pg/base/{backup_id}/"))
+    assert "status=FAILED" in read_info(s3, bucket, backup_id)
+    assert_database_released(pg)

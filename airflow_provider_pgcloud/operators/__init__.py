@@ -11,6 +11,7 @@ from .backup import (
 )
 from .base import DEFAULT_ASSET_ALIAS, STATE_KEY, backup_asset
 from .single import PgCloudBackupOperator
+from .verify import VerifyBackupOperator
 
 __all__ = [
     "CHUNK_LABEL",
@@ -21,5 +22,6 @@ __all__ = [
     "StopBackupAndUploadLabelOperator",
     "TakeDiskSnapshotsOperator",
     "UploadTablespaceChunksOperator",
+    "VerifyBackupOperator",
     "backup_asset",
 ]

@@ -22,6 +22,7 @@ from airflow.sdk import Context
 from ..hooks import postgres_conninfo
 from ..runner import backup_info as bi
 from ..runner import steps
+from ..runner.cleanup import clean_after_backup
 from ..runner.errors import BackupFailed
 from ..runner.pgdata import Chunk
 from ..runner.session import DEFAULT_DEADLINE_SECONDS, KeeperClient
@@ -34,6 +35,7 @@ from ..runner.snapshot_backup import (
 from ..runner.snapshots import SnapshotConfig, config_from_values
 from ..runner.steps import BackupState
 from ..runner.storage import ObjectStore
+from ..runner.watch import SessionWatch
 from . import _values as v
 from .base import (
     STATE_KEY,
@@ -45,6 +47,8 @@ from .base import (
 )
 
 log = logging.getLogger("pgcloud")
+WATCH_SECONDS = 10.0
+"""How often a running upload task checks that the backup's database session is alive."""
 
 CHUNK_LABEL = (
     "{{ task.chunk.archive }}{{ '_%04d' % task.chunk.index if task.chunk.index else '' }}"
@@ -144,10 +148,12 @@ class UploadTablespaceChunksOperator(PgCloudBaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         state = state_from_xcom(self.state)
         chunk = Chunk.from_dict(self.chunk)
-        if state.session_address:  # fail fast if the backup session is already gone
-            KeeperClient(state.session_address).ping()
+        # Pings the keeper now and every few seconds while uploading: once the database
+        # session is lost (PostgreSQL restarted, backend killed) this task fails fast.
+        watch = (SessionWatch(KeeperClient(state.session_address, timeout=30), WATCH_SECONDS)
+                 if state.session_address else None)
         with contextlib.closing(self.hook.open_store(state.store)) as store:
-            result = steps.upload_chunk(state, chunk, store)
+            result = steps.upload_chunk(state, chunk, store, cancelled=watch)
         return result.to_dict()
 
 
@@ -250,6 +256,7 @@ class StopBackupAndUploadLabelOperator(PgCloudBaseOperator):
                     steps.fail_backup(state, store, problem, keeper)
                     raise BackupFailed(problem)
                 self._stop(state, store, keeper, snapshots_info)
+                clean_after_backup(store, server_name_of(state), state.backup_id)
         self._log_total(state, results)
         self.emit_backup_asset(
             context, state.store.destination_url, server_name_of(state), state.backup_id

@@ -23,7 +23,7 @@ from ..hooks import postgres_conninfo
 from ..runner import backup_info as bi
 from ..runner import steps
 from ..runner.cleanup import clean_after_backup
-from ..runner.errors import BackupFailed
+from ..runner.errors import BackupFailed, first_line
 from ..runner.pgdata import Chunk
 from ..runner.session import DEFAULT_DEADLINE_SECONDS, KeeperClient
 from ..runner.sizes import format_size
@@ -56,8 +56,6 @@ CHUNK_LABEL = (
 """map_index_template naming each mapped upload after its archive object (`data_0003`)."""
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def snapshot_config(
@@ -292,7 +290,7 @@ class StopBackupAndUploadLabelOperator(PgCloudBaseOperator):
                 steps.stop_backup(state, keeper, store)
         except BaseException as exc:
             steps.fail_backup(
-                state, store, f"failure stopping the backup ({_first_line(exc)})", keeper
+                state, store, f"failure stopping the backup ({first_line(exc)})", keeper
             )
             raise
 

@@ -26,7 +26,6 @@ from typing import Any
 
 from .cleanup import clean_after_backup
 from .cpu import worker_processes
-from .errors import BackupFailed, PgCloudError
 from .pgdata import Chunk
 from .progress import Progress, configure_logging
 from .session import BackupSession, LocalSession
@@ -34,7 +33,7 @@ from .steps import (
     BackupOptions,
     BackupState,
     ChunkResult,
-    fail_backup,
+    backup_failed,
     start_backup,
     stop_backup,
     upload_chunk,
@@ -83,11 +82,6 @@ def _chunk_thread(
     throttle: BandwidthLimit | None,
 ) -> dict[str, Any]:
     return upload_chunk(state, chunk, store, throttle=throttle, cancelled=cancelled).to_dict()
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def upload_chunks(
@@ -181,16 +175,7 @@ def run_backup(
     except BaseException as exc:
         if state is None:
             raise
-        reason = f"failure {phase} ({_describe(exc)})"
-        if isinstance(exc, KeyboardInterrupt):
-            reason = f"failure {phase} (interrupted by the user)"
-        try:
-            fail_backup(state, store, reason, session)
-        except Exception as info_exc:
-            log.error("could not record the failure in backup.info: %s", _describe(info_exc))
-        if isinstance(exc, PgCloudError):
-            raise BackupFailed(str(exc)) from exc
-        raise BackupFailed(reason) from exc
+        raise backup_failed(state, store, phase, exc, session) from exc
     else:
         clean_after_backup(store, options.server_name, state.backup_id)
         return state.backup_id

@@ -40,10 +40,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import backup_info as bi
+from .argtypes import Parser
 from .errors import BackupFailed, InputError
 from .manifest import MANIFEST_DIR
 from .storage import ObjectStore, open_store
-from .storeargs import Parser, add_store_arguments, run_main, store_config
+from .storeargs import add_store_arguments, run_main, store_config
 
 log = logging.getLogger("pgcloud")
 

@@ -12,16 +12,15 @@ import csv
 import logging
 import os
 from collections.abc import Sequence
-from typing import NoReturn
 
 from .. import __version__
 from . import hook, snapshots
+from .argtypes import Parser, configure_verbosity, non_negative, positive, report_failures, size
 from .backup import run_backup
 from .backup_info import check_backup_name
 from .codecs import get_codec
-from .errors import InputError, PgCloudError
+from .errors import InputError
 from .postgres import build_conninfo
-from .progress import configure_logging
 from .sizes import parse_size
 from .snapshot_backup import run_snapshot_backup
 from .steps import DEFAULT_MIN_CHUNK_SIZE, BackupOptions
@@ -29,39 +28,6 @@ from .storage import PROVIDERS, StoreConfig, open_store
 
 PROG = "pgcloud"
 log = logging.getLogger("pgcloud")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        """Bad input: one line and exit 3, as barman-cloud-backup does."""
-        self.exit(3, f"{self.prog}: error: {message}\n")
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a positive integer")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a non-negative integer")
-    return value
 
 
 def _backup_name(text: str) -> str:
@@ -82,7 +48,7 @@ def _tag(text: str) -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog=PROG,
         add_help=False,
         description="Back up a running PostgreSQL cluster to cloud object storage, in the "
@@ -127,18 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
     backup = parser.add_argument_group("backup")
     backup.add_argument("--immediate-checkpoint", action="store_true",
                         help="forces the initial checkpoint to be done as quickly as possible")
-    backup.add_argument("-J", "--jobs", type=_positive, default=2,
+    backup.add_argument("-J", "--jobs", type=positive, default=2,
                         help="number of processes compressing and uploading in parallel "
                         "(default: 2)")
-    backup.add_argument("-S", "--max-archive-size", type=_size, default=parse_size("100GB"),
+    backup.add_argument("-S", "--max-archive-size", type=size, default=parse_size("100GB"),
                         help="maximum size of an archive when uploading to cloud storage "
                         "(default: 100GB)")
-    backup.add_argument("--min-chunk-size", type=_size, default=DEFAULT_MIN_CHUNK_SIZE,
+    backup.add_argument("--min-chunk-size", type=size, default=DEFAULT_MIN_CHUNK_SIZE,
                         help="minimum size of an individual upload part (default: 5MB)")
-    backup.add_argument("--max-bandwidth", type=_size,
+    backup.add_argument("--max-bandwidth", type=size,
                         help="the maximum amount of data to be uploaded per second, for the "
                         "whole backup across all jobs (default: no limit)")
-    backup.add_argument("--keepalive-interval", type=_non_negative, default=60,
+    backup.add_argument("--keepalive-interval", type=non_negative, default=60,
                         help="seconds between checks that the PostgreSQL session holding the "
                         "backup is alive; 0 checks only between archive objects (default: 60)")
     backup.add_argument("-n", "--name", dest="backup_name", type=_backup_name,
@@ -151,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     s3.add_argument("-P", "--aws-profile", "--profile", dest="aws_profile",
                     help="profile name (e.g. INI section in the AWS credentials file); "
                     "--profile is deprecated")
-    s3.add_argument("--read-timeout", type=_positive, default=60,
+    s3.add_argument("--read-timeout", type=positive, default=60,
                     help="seconds until a timeout is raised when waiting to read from a "
                     "connection (default: 60)")
     s3.add_argument("-e", "--encryption", choices=["AES256", "aws:kms"],
@@ -185,11 +151,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if len(set(keys)) != len(keys):
         parser.error("Duplicate tag keys found. Tag keys must be unique.")
     return args
-
-
-def _configure_logging(args: argparse.Namespace) -> None:
-    level = logging.INFO + 10 * (args.quiet - args.verbose)
-    configure_logging(max(logging.DEBUG, min(level, logging.CRITICAL)))
 
 
 def store_config(args: argparse.Namespace) -> StoreConfig:
@@ -249,17 +210,5 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    _configure_logging(args)
-    try:
-        return run(args)
-    except PgCloudError as exc:
-        log.error("%s", exc)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        log.error("backup was interrupted by the user")
-        return 1
-    except Exception as exc:
-        log.debug("unexpected error", exc_info=True)
-        log.error("unexpected error: %s: %s", type(exc).__name__,
-                  (str(exc).splitlines() or [""])[0])
-        return 4
+    configure_verbosity(args)
+    return report_failures(lambda: run(args), "backup was interrupted by the user")

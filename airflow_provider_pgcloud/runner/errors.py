@@ -39,3 +39,8 @@ class HookAbort(PgCloudError):
     """Barman hook mode on a backup that is not DONE: 63 tells Barman to abort."""
 
     exit_code = 63
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one line for a message or backup.info's `error` (its type if empty)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
-from .errors import BackupFailed, PgCloudError
+from .errors import BackupFailed, PgCloudError, first_line
 
 APPLICATION_NAME = "pgcloud_backup"
 MIN_VERSION = 90600
@@ -87,8 +87,6 @@ class StopPoint:
     backup_label: str
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 class PostgresSession:
@@ -99,7 +97,7 @@ class PostgresSession:
         try:
             self._conn = psycopg2.connect(conninfo, application_name=APPLICATION_NAME, **extra)
         except psycopg2.Error as exc:
-            raise BackupFailed(f"Cannot connect to postgres: {_first_line(exc)}") from None
+            raise BackupFailed(f"Cannot connect to postgres: {first_line(exc)}") from None
         self._conn.autocommit = True
         self.version: int = self._conn.server_version
         if self.version < MIN_VERSION:
@@ -116,9 +114,9 @@ class PostgresSession:
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
             # a restarted server or a killed session, at any step: the backup failed (exit 1)
             if not self._conn.closed:
-                raise BackupFailed(f"PostgreSQL error: {_first_line(exc)}") from None
+                raise BackupFailed(f"PostgreSQL error: {first_line(exc)}") from None
             raise BackupFailed(
-                f"Connection to the Postgres server was lost during the backup: {_first_line(exc)}"
+                f"Connection to the Postgres server was lost during the backup: {first_line(exc)}"
             ) from None
 
     def _value(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
@@ -200,7 +198,7 @@ class PostgresSession:
             self._query("SELECT 1")
         except psycopg2.Error as exc:
             raise BackupFailed(
-                f"Connection to the Postgres server was lost during the backup: {_first_line(exc)}"
+                f"Connection to the Postgres server was lost during the backup: {first_line(exc)}"
             ) from None
 
     def close(self) -> None:

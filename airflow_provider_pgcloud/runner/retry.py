@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from .errors import BackupFailed, PgCloudError
+from .errors import BackupFailed, PgCloudError, first_line
 
 log = logging.getLogger("pgcloud")
 
@@ -43,8 +43,6 @@ RETRY_CODES = frozenset({
 })
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _botocore_transient(exc: BaseException) -> bool | None:
@@ -133,10 +131,10 @@ class RetryPolicy:
                 if attempt == self.attempts or (give_up is not None and give_up()):
                     raise BackupFailed(
                         f"{what} failed after {attempt} attempt{'s' if attempt > 1 else ''}: "
-                        f"{_first_line(exc)}"
+                        f"{first_line(exc)}"
                     ) from exc
                 wait = self.delay(attempt)
-                log.warning("%s failed (%s); retry %d of %d in %.1fs", what, _first_line(exc),
+                log.warning("%s failed (%s); retry %d of %d in %.1fs", what, first_line(exc),
                             attempt, self.attempts - 1, wait)
                 self.sleep(wait)
         raise AssertionError("unreachable")

@@ -19,7 +19,6 @@ from concurrent.futures import Future
 from typing import Any
 
 from . import backup_info as bi
-from .errors import BackupFailed, PgCloudError
 from .postgres import ClusterInfo
 from .session import BackupSession, LocalSession
 from .snapshots import (
@@ -32,7 +31,13 @@ from .snapshots import (
     open_provider,
 )
 from .snapshots.mounts import MountTable
-from .steps import BackupOptions, BackupState, _unique_backup_id, fail_backup
+from .steps import (
+    BackupOptions,
+    BackupState,
+    backup_failed,
+    started_info,
+    unique_backup_id,
+)
 from .storage import ObjectStore, open_store
 
 log = logging.getLogger("pgcloud")
@@ -80,34 +85,13 @@ def start_snapshot_backup(
     provider = provider or open_provider(config)
     check_snapshot_preconditions(config, provider, cluster, mounts or MountTable.read())
     store.check()
-    backup_id = _unique_backup_id(store, options.server_name)
+    backup_id = unique_backup_id(store, options.server_name)
     prefix = bi.backup_prefix(store.base_path, options.server_name, backup_id)
     started_at = time.time()
     start = session.start(
         f"Barman backup {options.server_name} {backup_id}", options.immediate_checkpoint
     )
-    begin_wal, begin_offset = bi.wal_name(start.lsn, start.timeline, cluster.xlog_segment_size)
-    info: dict[str, Any] = {
-        "status": bi.STARTED,
-        "server_name": options.server_name,
-        "pgdata": cluster.pgdata,
-        "version": cluster.version,
-        "xlog_segment_size": cluster.xlog_segment_size,
-        "config_file": cluster.config_file,
-        "hba_file": cluster.hba_file,
-        "ident_file": cluster.ident_file,
-        "included_files": cluster.included_files,
-        "tablespaces": [(t.name, t.oid, t.location) for t in cluster.tablespaces] or None,
-        "data_checksums": cluster.data_checksums,
-        "summarize_wal": cluster.summarize_wal,
-        "cluster_size": cluster.cluster_size,
-        "systemid": cluster.systemid,
-        "begin_time": start.time,
-        "begin_xlog": start.lsn,
-        "begin_wal": begin_wal,
-        "begin_offset": begin_offset,
-        "timeline": start.timeline,
-    }
+    info = started_info(cluster, start, options.server_name)
     state = BackupState(
         backup_id=backup_id, prefix=prefix, store=options.store, compression=None,
         min_chunk_size=options.min_chunk_size, backup_name=options.backup_name,
@@ -191,8 +175,6 @@ def stop_snapshot_backup(
     return info
 
 
-def _describe(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def run_snapshot_backup(
@@ -224,16 +206,7 @@ def run_snapshot_backup(
     except BaseException as exc:
         if state is None:
             raise
-        reason = f"failure {phase} ({_describe(exc)})"
-        if isinstance(exc, KeyboardInterrupt):
-            reason = f"failure {phase} (interrupted by the user)"
-        try:
-            fail_backup(state, store, reason, session)
-        except Exception as info_exc:
-            log.error("could not record the failure in backup.info: %s", _describe(info_exc))
-        if isinstance(exc, PgCloudError):
-            raise BackupFailed(str(exc)) from exc
-        raise BackupFailed(reason) from exc
+        raise backup_failed(state, store, phase, exc, session) from exc
     finally:
         session.abort()
         store.close()

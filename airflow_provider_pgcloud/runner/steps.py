@@ -19,9 +19,10 @@ from typing import Any
 
 from . import backup_info as bi
 from .codecs import compression_threads, get_codec
-from .errors import BackupFailed
+from .errors import BackupFailed, PgCloudError, first_line
 from .manifest import ManifestTarWriter, server_of, store_archive_manifest, write_index
 from .pgdata import DATA, ArchiveRoot, Chunk, plan_chunks, relative_inside, tablespace_prefix, walk
+from .postgres import ClusterInfo, StartPoint
 from .progress import Progress
 from .session import BackupSession
 from .sizes import format_size
@@ -128,8 +129,6 @@ class ChunkResult:
         return asdict(self)
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _archive_roots(
@@ -153,7 +152,7 @@ def _check_readable(path: str) -> None:
         )
 
 
-def _unique_backup_id(store: ObjectStore, server_name: str) -> str:
+def unique_backup_id(store: ObjectStore, server_name: str) -> str:
     """Barman's second-resolution ID, waiting a second if that ID is already taken."""
     while True:
         backup_id = bi.new_backup_id()
@@ -161,6 +160,36 @@ def _unique_backup_id(store: ObjectStore, server_name: str) -> str:
         if not any(True for _ in store.list(prefix + "/")):
             return backup_id
         time.sleep(1)
+
+
+def started_info(cluster: ClusterInfo, start: StartPoint, server_name: str) -> dict[str, Any]:
+    """backup.info's fields once pg_backup_start returned (status STARTED).
+
+    `server_name` is the literal `cloud` for archive backups, as barman-cloud-backup writes it,
+    and the real server name for snapshot backups.
+    """
+    begin_wal, begin_offset = bi.wal_name(start.lsn, start.timeline, cluster.xlog_segment_size)
+    return {
+        "status": bi.STARTED,
+        "server_name": server_name,
+        "pgdata": cluster.pgdata,
+        "version": cluster.version,
+        "xlog_segment_size": cluster.xlog_segment_size,
+        "config_file": cluster.config_file,
+        "hba_file": cluster.hba_file,
+        "ident_file": cluster.ident_file,
+        "included_files": cluster.included_files,
+        "tablespaces": [(t.name, t.oid, t.location) for t in cluster.tablespaces] or None,
+        "data_checksums": cluster.data_checksums,
+        "summarize_wal": cluster.summarize_wal,
+        "cluster_size": cluster.cluster_size,
+        "systemid": cluster.systemid,
+        "begin_time": start.time,
+        "begin_xlog": start.lsn,
+        "begin_wal": begin_wal,
+        "begin_offset": begin_offset,
+        "timeline": start.timeline,
+    }
 
 
 def start_backup(options: BackupOptions, session: BackupSession, store: ObjectStore) -> BackupState:
@@ -175,31 +204,10 @@ def start_backup(options: BackupOptions, session: BackupSession, store: ObjectSt
     for root in roots:
         _check_readable(root.path)
     store.check()
-    backup_id = _unique_backup_id(store, options.server_name)
+    backup_id = unique_backup_id(store, options.server_name)
     prefix = bi.backup_prefix(store.base_path, options.server_name, backup_id)
     start = session.start(f"Barman backup cloud {backup_id}", options.immediate_checkpoint)
-    begin_wal, begin_offset = bi.wal_name(start.lsn, start.timeline, cluster.xlog_segment_size)
-    info: dict[str, Any] = {
-        "status": bi.STARTED,
-        "server_name": "cloud",
-        "pgdata": cluster.pgdata,
-        "version": cluster.version,
-        "xlog_segment_size": cluster.xlog_segment_size,
-        "config_file": cluster.config_file,
-        "hba_file": cluster.hba_file,
-        "ident_file": cluster.ident_file,
-        "included_files": cluster.included_files,
-        "tablespaces": tablespaces or None,
-        "data_checksums": cluster.data_checksums,
-        "summarize_wal": cluster.summarize_wal,
-        "cluster_size": cluster.cluster_size,
-        "systemid": cluster.systemid,
-        "begin_time": start.time,
-        "begin_xlog": start.lsn,
-        "begin_wal": begin_wal,
-        "begin_offset": begin_offset,
-        "timeline": start.timeline,
-    }
+    info = started_info(cluster, start, "cloud")
     state = BackupState(
         backup_id=backup_id, prefix=prefix, store=options.store, compression=options.compression,
         min_chunk_size=options.min_chunk_size, backup_name=options.backup_name,
@@ -210,7 +218,7 @@ def start_backup(options: BackupOptions, session: BackupSession, store: ObjectSt
         state.chunks = plan_chunks(roots, options.jobs, options.max_archive_size)
     except BaseException as exc:
         # No state reaches the caller, so record the failure here: never leave STARTED behind.
-        fail_backup(state, store, f"failure planning the backup ({_first_line(exc)})", session)
+        fail_backup(state, store, f"failure planning the backup ({first_line(exc)})", session)
         raise
     for chunk in state.chunks:
         log.debug("chunk %s: %d files, %s, %r .. %r", chunk.name, chunk.files,
@@ -377,3 +385,17 @@ def fail_backup(state: BackupState, store: ObjectStore, reason: str,
     info = dict(state.info, status=bi.FAILED, error=reason, backup_name=state.backup_name)
     store.put(bi.info_key(state.prefix), bi.encode(info))
     log.error("backup %s FAILED: %s", state.backup_id, reason)
+
+
+def backup_failed(state: BackupState, store: ObjectStore, phase: str, exc: BaseException,
+                  session: BackupSession | None) -> BackupFailed:
+    """Record `exc`, raised while `phase` (e.g. "uploading data"), as the backup's failure:
+    abort the session, write backup.info FAILED with Barman's `failure <phase> (<reason>)`,
+    and return the BackupFailed (exit 1) for the caller to raise."""
+    detail = "interrupted by the user" if isinstance(exc, KeyboardInterrupt) else first_line(exc)
+    reason = f"failure {phase} ({detail})"
+    try:
+        fail_backup(state, store, reason, session)
+    except Exception as info_exc:
+        log.error("could not record the failure in backup.info: %s", first_line(info_exc))
+    return BackupFailed(str(exc) if isinstance(exc, PgCloudError) else reason)

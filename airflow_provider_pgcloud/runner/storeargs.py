@@ -10,28 +10,11 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Callable, Sequence
-from typing import NoReturn
 
-from .errors import PgCloudError
-from .progress import configure_logging
+from .argtypes import configure_verbosity, positive, report_failures
 from .storage import PROVIDERS, StoreConfig
 
 log = logging.getLogger("pgcloud")
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(3, f"{self.prog}: error: {message}\n")
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a positive integer")
-    return value
 
 
 def add_store_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +28,7 @@ def add_store_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoint-url", help="override the default S3 endpoint URL")
     parser.add_argument("-P", "--aws-profile", "--profile", dest="aws_profile",
                         help="AWS profile name")
-    parser.add_argument("--read-timeout", type=_positive, default=60,
+    parser.add_argument("--read-timeout", type=positive, default=60,
                         help="seconds until a read from the store times out (default: 60)")
     parser.add_argument("--azure-credential", "--credential", dest="azure_credential",
                         choices=["azure-cli", "managed-identity", "default"],
@@ -64,18 +47,5 @@ def run_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
              body: Callable[[argparse.Namespace], int]) -> int:
     """Parse, log like the runner, and turn failures into one line and an exit code."""
     args = parser.parse_args(argv)
-    level = logging.INFO + 10 * (args.quiet - args.verbose)
-    configure_logging(max(logging.DEBUG, min(level, logging.CRITICAL)))
-    try:
-        return body(args)
-    except PgCloudError as exc:
-        log.error("%s", exc)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        log.error("interrupted by the user")
-        return 1
-    except Exception as exc:
-        log.debug("unexpected error", exc_info=True)
-        log.error("unexpected error: %s: %s", type(exc).__name__,
-                  (str(exc).splitlines() or [""])[0])
-        return 4
+    configure_verbosity(args)
+    return report_failures(lambda: body(args))

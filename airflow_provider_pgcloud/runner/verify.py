@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from . import backup_info as bi
+from .argtypes import Parser
 from .errors import BackupFailed, InputError
 from .manifest import (
     FORMAT_ARCHIVE,
@@ -47,7 +48,7 @@ from .manifest import (
 )
 from .sizes import format_size
 from .storage import ObjectStore, open_store
-from .storeargs import Parser, add_store_arguments, run_main, store_config
+from .storeargs import add_store_arguments, run_main, store_config
 
 log = logging.getLogger("pgcloud")
 

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from ..argtypes import positive
 from ..errors import BackupFailed, PgCloudError
 from .mounts import Mount, MountTable
 
@@ -281,16 +282,6 @@ def check_cluster_on_disks(
 
 # --- the command line ---------------------------------------------------------------------
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a positive integer")
-    return value
-
-
 def _in_range(low: int, high: int, name: str, unit: str) -> Any:
     def check(text: str) -> int:
         try:
@@ -340,7 +331,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--aws-region",
                        help="the AWS region of the EC2 instance and volumes (default: the "
                        "profile's region)")
-    group.add_argument("--aws-await-snapshots-timeout", type=_positive, default=3600,
+    group.add_argument("--aws-await-snapshots-timeout", type=positive, default=3600,
                        help="seconds to wait for the EC2 snapshots to complete "
                        "(default: 3600)")
     group.add_argument("--aws-snapshot-lock-mode", choices=["governance", "compliance"],

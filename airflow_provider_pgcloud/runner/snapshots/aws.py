@@ -16,6 +16,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from ..errors import first_line
 from . import (
     LOCK_EXPIRATION_FORMAT,
     SnapshotConfigError,
@@ -36,8 +37,6 @@ class InstanceNotFound(SnapshotError):
     pass
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 class AwsProvider:
@@ -72,7 +71,7 @@ class AwsProvider:
                 region = region or session.region_name
                 client = session.client("ec2", region_name=region)
             except botocore.exceptions.BotoCoreError as exc:
-                raise SnapshotConfigError(_first_line(exc)) from None
+                raise SnapshotConfigError(first_line(exc)) from None
         self.client = client
         self.region = region or client.meta.region_name
         self.await_timeout = await_timeout
@@ -89,7 +88,7 @@ class AwsProvider:
         try:
             return getattr(self.client, operation)(**kwargs)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise SnapshotError(f"EC2 {operation} failed: {_first_line(exc)}") from None
+            raise SnapshotError(f"EC2 {operation} failed: {first_line(exc)}") from None
 
     # --- look-ups -------------------------------------------------------------------------
 
@@ -110,7 +109,7 @@ class AwsProvider:
                     raise InstanceNotFound(f"Cannot find instance {identifier}") from None
                 if code != "InvalidInstanceID.Malformed":
                     raise SnapshotError(
-                        f"EC2 describe_instances failed: {_first_line(exc)}"
+                        f"EC2 describe_instances failed: {first_line(exc)}"
                     ) from None
         if response is None:
             response = self._call(
@@ -293,5 +292,5 @@ class AwsProvider:
             )
         except botocore.exceptions.WaiterError as exc:
             raise SnapshotError(
-                f"snapshots {', '.join(snapshot_ids)} did not complete: {_first_line(exc)}"
+                f"snapshots {', '.join(snapshot_ids)} did not complete: {first_line(exc)}"
             ) from None

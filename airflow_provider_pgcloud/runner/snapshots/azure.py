@@ -11,6 +11,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from ..errors import first_line
 from . import SnapshotConfigError, SnapshotError, Volume, missing_module, snapshot_name
 
 log = logging.getLogger("pgcloud")
@@ -23,8 +24,6 @@ CREDENTIALS = {
 }
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def make_client(subscription_id: str, credential: str | None) -> Any:
@@ -74,7 +73,7 @@ class AzureProvider:
             raise SnapshotError(f"Cannot find instance with name {instance} {self._where()}") \
                 from None
         except self._api_error as exc:
-            raise SnapshotError(f"Azure virtual_machines.get failed: {_first_line(exc)}") \
+            raise SnapshotError(f"Azure virtual_machines.get failed: {first_line(exc)}") \
                 from None
 
     def _disk(self, disk: str) -> Any:
@@ -83,7 +82,7 @@ class AzureProvider:
         except self._not_found:
             raise SnapshotError(f"Cannot find disk with name {disk} {self._where()}") from None
         except self._api_error as exc:
-            raise SnapshotError(f"Azure disks.get failed: {_first_line(exc)}") from None
+            raise SnapshotError(f"Azure disks.get failed: {first_line(exc)}") from None
 
     def instance_exists(self, instance: str) -> bool:
         try:
@@ -91,7 +90,7 @@ class AzureProvider:
         except self._not_found:
             return False
         except self._api_error as exc:
-            raise SnapshotError(f"Azure virtual_machines.get failed: {_first_line(exc)}") \
+            raise SnapshotError(f"Azure virtual_machines.get failed: {first_line(exc)}") \
                 from None
         return True
 
@@ -140,7 +139,7 @@ class AzureProvider:
             status = str(poller.status())
             state = str(poller.result().provisioning_state)
         except self._api_error as exc:
-            raise SnapshotError(f"Snapshot '{name}' failed: {_first_line(exc)}") from None
+            raise SnapshotError(f"Snapshot '{name}' failed: {first_line(exc)}") from None
         if status.lower() != "succeeded" or state.lower() != "succeeded":
             raise SnapshotError(
                 f"Snapshot '{name}' failed with error code {status}: {state}"

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 from urllib.parse import urlparse
 
+from ..errors import first_line
 from . import SnapshotError, Volume, missing_module, snapshot_name
 
 log = logging.getLogger("pgcloud")
@@ -28,8 +29,6 @@ class GcpClients(NamedTuple):
     snapshots: Any
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _disk_name(source: str) -> str:
@@ -62,7 +61,7 @@ class GcpProvider:
                 )
             except Exception as exc:  # no Application Default Credentials, typically
                 raise SnapshotError(
-                    f"cannot open the Compute Engine API: {_first_line(exc)}"
+                    f"cannot open the Compute Engine API: {first_line(exc)}"
                 ) from None
         from google.api_core import exceptions
 
@@ -83,7 +82,7 @@ class GcpProvider:
                 f"{self.project}"
             ) from None
         except self._api_error as exc:
-            raise SnapshotError(f"GCP instances.get failed: {_first_line(exc)}") from None
+            raise SnapshotError(f"GCP instances.get failed: {first_line(exc)}") from None
 
     def _disk(self, disk: str) -> Any:
         try:
@@ -94,7 +93,7 @@ class GcpProvider:
                 f"{self.project}"
             ) from None
         except self._api_error as exc:
-            raise SnapshotError(f"GCP disks.get failed: {_first_line(exc)}") from None
+            raise SnapshotError(f"GCP disks.get failed: {first_line(exc)}") from None
 
     def instance_exists(self, instance: str) -> bool:
         try:
@@ -102,7 +101,7 @@ class GcpProvider:
         except self._not_found:
             return False
         except self._api_error as exc:
-            raise SnapshotError(f"GCP instances.get failed: {_first_line(exc)}") from None
+            raise SnapshotError(f"GCP instances.get failed: {first_line(exc)}") from None
         return True
 
     def attached_volumes(
@@ -149,7 +148,7 @@ class GcpProvider:
             })
             operation.result()
         except self._api_error as exc:
-            raise SnapshotError(f"Snapshot '{name}' failed: {_first_line(exc)}") from None
+            raise SnapshotError(f"Snapshot '{name}' failed: {first_line(exc)}") from None
         if operation.error_code:
             raise SnapshotError(
                 f"Snapshot '{name}' failed with error code {operation.error_code}: "

@@ -30,7 +30,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-from ..errors import BackupFailed, BucketMissing, CloudConnectionError, InputError, PgCloudError
+from ..errors import (
+    BackupFailed,
+    BucketMissing,
+    CloudConnectionError,
+    InputError,
+    PgCloudError,
+    first_line,
+)
 from .base import StoreConfig
 
 try:
@@ -109,9 +116,6 @@ def block_id(number: int) -> str:
     return str(number).zfill(_BLOCK_ID_WIDTH)
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def _identity_credential(kind: str) -> Any:
@@ -259,15 +263,15 @@ class AzureStore:
             raise BucketMissing(f"Container {self.bucket} does not exist ({code})") from None
         except (ServiceRequestError, ServiceResponseError) as exc:
             raise CloudConnectionError(
-                f"Can't connect to cloud provider: {_first_line(exc)}") from None
+                f"Can't connect to cloud provider: {first_line(exc)}") from None
         except ClientAuthenticationError as exc:
             # Barman counts any service error here as a failed connection (exit 2)
             raise CloudConnectionError(
-                f"Can't connect to cloud provider: authentication failed: {_first_line(exc)}"
+                f"Can't connect to cloud provider: authentication failed: {first_line(exc)}"
             ) from None
         except HttpResponseError as exc:
             raise CloudConnectionError(
-                f"Can't connect to cloud provider: {_first_line(exc)}") from None
+                f"Can't connect to cloud provider: {first_line(exc)}") from None
         finally:
             if container is not self._container:
                 container.close()

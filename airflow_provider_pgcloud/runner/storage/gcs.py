@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
 
-from ..errors import BackupFailed, BucketMissing, CloudConnectionError, InputError
+from ..errors import BackupFailed, BucketMissing, CloudConnectionError, InputError, first_line
 from .base import StoreConfig
 
 try:
@@ -78,9 +78,6 @@ def parse_gcs_url(url: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.strip("/")
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def _make_client() -> Client:
@@ -97,7 +94,7 @@ def _make_client() -> Client:
             return Client(project=None, client_options=options)
     except DefaultCredentialsError as exc:
         raise BackupFailed(f"no Google Cloud credentials found (GOOGLE_APPLICATION_CREDENTIALS, "
-                           f"gcloud or the metadata server): {_first_line(exc)}") from None
+                           f"gcloud or the metadata server): {first_line(exc)}") from None
 
 
 def _persisted(response: requests.Response) -> int:
@@ -198,7 +195,7 @@ class GCSResumableUpload:
                 try:
                     finished = self._query(total)
                 except _TRANSIENT as exc:
-                    problem = _first_line(exc)
+                    problem = first_line(exc)
                     continue
                 if finished is not None:
                     return finished
@@ -212,7 +209,7 @@ class GCSResumableUpload:
                 response = self._http.put(self._url, data=bytes(piece), headers=headers,
                                           timeout=self._timeout)
             except _TRANSIENT as exc:
-                problem = _first_line(exc)
+                problem = first_line(exc)
                 continue
             if response.status_code in (200, 201):
                 self._offset = end
@@ -224,7 +221,7 @@ class GCSResumableUpload:
                     return None
                 problem = f"the service kept {self._offset - start} of {end - start} bytes"
                 continue
-            problem = f"HTTP {response.status_code}: {_first_line(Exception(response.text))}"
+            problem = f"HTTP {response.status_code}: {first_line(Exception(response.text))}"
             if response.status_code not in _RETRYABLE_STATUS:
                 raise BackupFailed(f"upload of {self.key} failed: {problem}")
         raise BackupFailed(f"upload of {self.key} failed after {MAX_ATTEMPTS} attempts: "
@@ -285,12 +282,12 @@ class GCSStore:
             except _UNREACHABLE as exc:
                 if attempt:
                     raise CloudConnectionError(
-                        f"Can't connect to cloud provider: {_first_line(exc)}") from None
+                        f"Can't connect to cloud provider: {first_line(exc)}") from None
                 time.sleep(1)
             except api_exceptions.GoogleAPIError as exc:
                 # Barman counts any service error here as a failed connection (exit 2)
                 raise CloudConnectionError(
-                    f"Can't connect to cloud provider: {_first_line(exc)}") from None
+                    f"Can't connect to cloud provider: {first_line(exc)}") from None
 
     def put(self, key: str, data: bytes) -> None:
         self._blob(key).upload_from_string(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import FrameType
 from typing import Protocol
 
@@ -114,6 +115,45 @@ class RestoreAndCheck(Protocol):
     ) -> dict[str, str]: ...
 
 
+def _restore_and_compare(
+    source: PgCluster, wal_archive: WalArchive | None,
+    restore_into: Callable[[Path, dict[str, Path]], object], workdirs: list[Path],
+) -> dict[str, str]:
+    """Fingerprint the source, switch WAL and wait until it is archived (so the archive holds
+    everything the fingerprint saw), restore with ``restore_into(datadir, tablespaces)`` into a
+    fresh dir with every tablespace remapped, start PostgreSQL there replaying WAL from the
+    archive, and assert the tablespace locations and the fingerprints. Returns the fingerprint.
+    """
+    archive = wal_archive or source.wal_archive
+    assert archive is not None, "the source cluster has no WAL archive to restore from"
+    expected = source.fingerprint()
+    source.switch_wal_and_wait_archived()
+    workdir = make_workdir(f"restore{source.major}")
+    workdirs.append(workdir)
+    datadir = workdir / "pgdata"
+    names = [str(r[0]) for r in source.execute(
+        "SELECT spcname FROM pg_tablespace WHERE pg_tablespace_location(oid) <> ''"
+        " ORDER BY 1"
+    )]
+    tablespaces = {name: workdir / f"tbs-{name}" for name in names}
+    restore_into(datadir, tablespaces)
+    restored = start_restored_cluster(
+        datadir, source.major, wal_archive=archive,
+        tablespace_dirs=list(tablespaces.values()), password=source.password,
+    )
+    try:
+        locations = dict(restored.execute(
+            "SELECT spcname, pg_tablespace_location(oid) FROM pg_tablespace"
+            " WHERE pg_tablespace_location(oid) <> ''"
+        ))
+        assert locations == {n: str(p) for n, p in tablespaces.items()}
+        actual = restored.fingerprint()
+    finally:
+        restored.stop()
+    assert actual == expected
+    return actual
+
+
 @pytest.fixture
 def restore_and_check(s3: S3Server) -> Iterator[RestoreAndCheck]:
     """Callable proving a backup is good: Barman restores it and the data equals the source.
@@ -125,7 +165,7 @@ def restore_and_check(s3: S3Server) -> Iterator[RestoreAndCheck]:
     assert the fingerprints are equal, stop the restored cluster. Returns the fingerprint.
     ``wal_archive`` defaults to the source's own archive.
     """
-    workdirs = []
+    workdirs: list[Path] = []
 
     def check(
         destination_url: str,
@@ -134,34 +174,10 @@ def restore_and_check(s3: S3Server) -> Iterator[RestoreAndCheck]:
         source: PgCluster,
         wal_archive: WalArchive | None = None,
     ) -> dict[str, str]:
-        archive = wal_archive or source.wal_archive
-        assert archive is not None, "the source cluster has no WAL archive to restore from"
-        expected = source.fingerprint()
-        source.switch_wal_and_wait_archived()
-        workdir = make_workdir(f"restore{source.major}")
-        workdirs.append(workdir)
-        datadir = workdir / "pgdata"
-        names = [str(r[0]) for r in source.execute(
-            "SELECT spcname FROM pg_tablespace WHERE pg_tablespace_location(oid) <> ''"
-            " ORDER BY 1"
-        )]
-        tablespaces = {name: workdir / f"tbs-{name}" for name in names}
-        restore(s3, destination_url, server_name, backup_id, datadir, tablespaces)
-        restored = start_restored_cluster(
-            datadir, source.major, wal_archive=archive,
-            tablespace_dirs=list(tablespaces.values()), password=source.password,
-        )
-        try:
-            locations = dict(restored.execute(
-                "SELECT spcname, pg_tablespace_location(oid) FROM pg_tablespace"
-                " WHERE pg_tablespace_location(oid) <> ''"
-            ))
-            assert locations == {n: str(p) for n, p in tablespaces.items()}
-            actual = restored.fingerprint()
-        finally:
-            restored.stop()
-        assert actual == expected
-        return actual
+        def restore_into(datadir: Path, tablespaces: dict[str, Path]) -> None:
+            restore(s3, destination_url, server_name, backup_id, datadir, tablespaces)
+
+        return _restore_and_compare(source, wal_archive, restore_into, workdirs)
 
     try:
         yield check
@@ -269,7 +285,7 @@ def cloud_restore_and_check(s3: S3Server) -> Iterator[CloudRestoreAndCheck]:
     dir with tablespaces remapped, start PostgreSQL there replaying WAL from the S3 archive,
     compare fingerprints.
     """
-    workdirs = []
+    workdirs: list[Path] = []
 
     def check(
         store: CloudStore,
@@ -279,38 +295,14 @@ def cloud_restore_and_check(s3: S3Server) -> Iterator[CloudRestoreAndCheck]:
         source: PgCluster,
         wal_archive: WalArchive | None = None,
     ) -> dict[str, str]:
-        archive = wal_archive or source.wal_archive
-        assert archive is not None, "the source cluster has no WAL archive to restore from"
-        expected = source.fingerprint()
-        source.switch_wal_and_wait_archived()
-        workdir = make_workdir(f"restore{source.major}")
-        workdirs.append(workdir)
-        datadir = workdir / "pgdata"
-        names = [str(r[0]) for r in source.execute(
-            "SELECT spcname FROM pg_tablespace WHERE pg_tablespace_location(oid) <> ''"
-            " ORDER BY 1"
-        )]
-        tablespaces = {name: workdir / f"tbs-{name}" for name in names}
-        args: list[str] = []
-        for name, location in tablespaces.items():
-            args += ["--tablespace", f"{name}:{location}"]
-        barman_cloud(store, "barman-cloud-restore", *args, destination_url, server_name,
-                     backup_id, str(datadir), s3=s3)
-        restored = start_restored_cluster(
-            datadir, source.major, wal_archive=archive,
-            tablespace_dirs=list(tablespaces.values()), password=source.password,
-        )
-        try:
-            locations = dict(restored.execute(
-                "SELECT spcname, pg_tablespace_location(oid) FROM pg_tablespace"
-                " WHERE pg_tablespace_location(oid) <> ''"
-            ))
-            assert locations == {n: str(p) for n, p in tablespaces.items()}
-            actual = restored.fingerprint()
-        finally:
-            restored.stop()
-        assert actual == expected
-        return actual
+        def restore_into(datadir: Path, tablespaces: dict[str, Path]) -> None:
+            args: list[str] = []
+            for name, location in tablespaces.items():
+                args += ["--tablespace", f"{name}:{location}"]
+            barman_cloud(store, "barman-cloud-restore", *args, destination_url, server_name,
+                         backup_id, str(datadir), s3=s3)
+
+        return _restore_and_compare(source, wal_archive, restore_into, workdirs)
 
     try:
         yield check

@@ -169,3 +169,113 @@ def test_snapshot_dag_fails_before_starting_when_the_disk_is_missing(
     assert task_states(dag_run)[f"{GROUP}.start_backup"] == "failed"
     assert s3.list_objects(bucket) == {}
     assert not pg.in_backup()
+
+
+@pytest.mark.parametrize("cloud_provider", ["google-cloud-storage", "azure-blob-storage"])
+def test_snapshot_dag_backup_on_gcp_and_azure(
+    cloud_provider: str, request: pytest.FixtureRequest, snapshot_dag: Any, connections: None,
+    pg: PgCluster, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """The DAG takes the snapshot through the provider `cloud_provider` picks: Compute Engine
+    or Azure Compute, faked at the SDK client (the recording fakes of test_snapshots), with
+    backup_label and backup.info written to the matching store (the GCS emulator through
+    google_cloud_default, Azurite through wasb_default)."""
+    from airflow_provider_pgcloud.hooks.pgcloud import PgCloudHook
+    from airflow_provider_pgcloud.runner.snapshots import SnapshotConfig
+    from airflow_provider_pgcloud.runner.snapshots.azure import AzureProvider
+    from airflow_provider_pgcloud.runner.snapshots.gcp import GcpProvider
+    from tests.test_snapshots import (
+        FakeAzure,
+        FakeGcp,
+        barman_view,
+        fake_azure_client,
+        info_line,
+    )
+
+    mount = MountTable.read().containing(str(pg.pgdata))
+    assert mount is not None and mount.source.startswith("/dev/"), mount
+    tag = uuid.uuid4().hex[:8]
+    instance, disk = f"pg-vm-{tag}", f"pgdata-{tag}"
+    links = tmp_path / "udev"
+    links.mkdir()
+    fake: FakeGcp | FakeAzure
+    store: Any
+    provider: Any
+    if cloud_provider == "google-cloud-storage":
+        store = request.getfixturevalue("gcs_emulator")
+        container = request.getfixturevalue("gcs_bucket")
+        url = store.url(container, "snap")
+        conn = {"conn_type": "google_cloud_platform",
+                "extra": {"is_anonymous": True, "project": "pgcloud-test"}}
+        monkeypatch.setenv("AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT", json.dumps(conn))
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", store.endpoint)  # where, not who
+        # /dev/disk/by-id/google-<device name> is a udev symlink to the disk's block device.
+        (links / "google-pgdata").symlink_to(mount.source)
+        fake = FakeGcp("proj-1", "europe-west2-b", instance, {disk: "pgdata"})
+        provider = GcpProvider("proj-1", "europe-west2-b", clients=fake.clients,
+                               device_prefix=f"{links}/google-")
+        expected_provider, call = "gcp", "snapshots.insert"
+        params = {"gcp_project": "proj-1", "gcp_zone": "europe-west2-b"}
+    else:
+        store = request.getfixturevalue("azurite")
+        container = request.getfixturevalue("azure_container")
+        url = store.url(container, "snap")
+        conn = {"conn_type": "wasb", "extra": {"connection_string": store.connection_string()}}
+        monkeypatch.setenv("AIRFLOW_CONN_WASB_DEFAULT", json.dumps(conn))
+        # /dev/disk/azure/scsi1/lun<N> is a udev symlink to the data disk at that LUN.
+        (links / "lun3").symlink_to(mount.source)
+        fake = FakeAzure("rg-db", instance, {"other": 1, disk: 3})
+        provider = AzureProvider("sub-1", "rg-db", client=fake_azure_client(fake),
+                                 lun_path=f"{links}/lun{{}}")
+        expected_provider, call = "azure", "snapshots.begin_create_or_update"
+        params = {"azure_subscription_id": "sub-1", "azure_resource_group": "rg-db"}
+    for key in [k for k in os.environ if k.startswith(("AZURE_", "GOOGLE_"))]:
+        monkeypatch.delenv(key)
+    asked: list[SnapshotConfig] = []
+
+    def snapshot_provider(self: PgCloudHook, config: SnapshotConfig) -> Any:
+        asked.append(config)
+        return provider
+
+    monkeypatch.setattr(PgCloudHook, "snapshot_provider", snapshot_provider)
+
+    dag_run = snapshot_dag.test(run_conf={
+        "destination_url": url, "server_name": "pg", "backup_name": "dag-snap",
+        "cloud_provider": cloud_provider, "snapshot_instance": instance,
+        "snapshot_disks": [disk], **params,
+    })
+    states = task_states(dag_run)
+    assert str(dag_run.state) == "success", states
+    assert states[f"{GROUP}.take_disk_snapshots"] == "success"
+    assert asked and {c.provider for c in asked} == {expected_provider}
+    assert {(c.instance, c.disks) for c in asked} == {(instance, (disk,))}
+
+    objects = store.list_objects(container, "snap/")
+    backup_ids = {key.split("/")[3] for key in objects}
+    assert len(backup_ids) == 1, objects
+    [backup_id] = backup_ids
+    prefix = f"snap/pg/base/{backup_id}"
+    assert set(objects) == {f"{prefix}/backup.info", f"{prefix}/backup_label"}
+    snapshot_name = f"{disk}-{backup_id.lower()}"
+    taken = [args for name, args in fake.calls if name == call]
+    if expected_provider == "gcp":
+        assert [t["snapshot_resource"]["name"] for t in taken] == [snapshot_name]
+    else:
+        assert [t[:2] for t in taken] == [("rg-db", snapshot_name)]
+
+    info = store.get_object(container, f"{prefix}/backup.info")
+    view = barman_view(info, backup_id, tmp_path)
+    assert view["status"] == "DONE" and view["server_name"] == "pg"
+    assert view["backup_name"] == "dag-snap" and view["provider"] == expected_provider
+    assert info_line(info, "snapshots_info") == view["snapshots_info"]
+    snapshots_info = ast.literal_eval(view["snapshots_info"])
+    [snapshot] = snapshots_info["snapshots"]
+    assert snapshot["provider"]["snapshot_name"] == snapshot_name
+    assert snapshot["mount"]["mount_point"] == mount.mount_point
+    label = store.get_object(container, f"{prefix}/backup_label").decode()
+    assert f"LABEL: Barman backup pg {backup_id}" in label
+    assert label == view["backup_label"]
+    deadline = time.monotonic() + 15
+    while pg.in_backup() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not pg.in_backup()

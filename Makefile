@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 VENV := .venv
 
-.PHONY: install test demo lint
+.PHONY: install test demo lint bench
 
 install:
 	bash scripts/install.sh
@@ -11,10 +11,15 @@ install:
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/mypy tests scripts/demo.py
+	$(VENV)/bin/mypy tests scripts/demo.py benchmarks
 
 test: install lint
 	$(VENV)/bin/pytest -q tests
 
 demo: install
 	$(VENV)/bin/python scripts/demo.py
+
+# The benchmark (benchmarks/README.md): this runner vs barman-cloud-backup vs the raw limits on a
+# ~1 GiB cluster. Options go in BENCH, e.g. make bench BENCH="--size-mib 200 --codecs gzip --jobs 2"
+bench: install
+	$(VENV)/bin/python -m benchmarks.run $(BENCH)

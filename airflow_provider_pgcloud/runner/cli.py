@@ -94,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_argument("--immediate-checkpoint", action="store_true",
                         help="forces the initial checkpoint to be done as quickly as possible")
     backup.add_argument("-J", "--jobs", type=positive, default=2,
-                        help="number of processes compressing and uploading in parallel "
-                        "(default: 2)")
+                        help="number of archive objects compressed and uploaded in "
+                        "parallel, by at most one process per CPU core (default: 2)")
     backup.add_argument("-S", "--max-archive-size", type=size, default=parse_size("100GB"),
                         help="maximum size of an archive when uploading to cloud storage "
                         "(default: 100GB)")

@@ -1,0 +1,109 @@
+"""The raw limits a backup cannot beat on this machine and store, each run as its own process.
+
+- `put`: one multipart PUT, through boto3's managed transfer (`upload_fileobj`), of a tar stream
+  of the same files the backup reads (GNU tar into a pipe): the upload limit.
+- `codec NAME`: the same tar stream through one codec, in-process, with the library and level
+  the runner uses, output counted and dropped: the compression limit of one stream on one core.
+- command-line tools (`zstd -T2 -3`, `gzip -9`...) on the same stream are run by `run.py` as shell
+  pipelines, for reference.
+
+`python -m benchmarks.limits put|codec ...` prints one JSON line: {"bytes_in", "bytes_out"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import IO, Any
+
+from airflow_provider_pgcloud.runner.codecs import get_codec
+
+READ = 1 << 20
+
+
+def tar_argv(pgdata: str, tablespaces: Sequence[str] = ()) -> list[str]:
+    """GNU tar of PGDATA (without WAL, pid file and temp stats) and the tablespaces, to stdout."""
+    argv = ["tar", "-cf", "-", "--format=pax", "-C", pgdata,
+            "--exclude=./pg_wal/*", "--exclude=./postmaster.pid", "--exclude=./pg_stat_tmp/*",
+            "."]
+    for location in tablespaces:
+        argv += ["-C", location, "."]
+    return argv
+
+
+class _Counting:
+    """A read-only file object over a pipe that counts what passes through."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self.count += len(data)
+        return data
+
+
+def put(args: argparse.Namespace) -> dict[str, Any]:
+    import boto3
+    from boto3.s3.transfer import TransferConfig
+    from botocore.config import Config
+
+    client = boto3.client(
+        "s3", endpoint_url=args.endpoint_url,
+        config=Config(s3={"addressing_style": "path"}, max_pool_connections=args.concurrency,
+                      request_checksum_calculation="when_required",
+                      response_checksum_validation="when_required"),
+    )
+    config = TransferConfig(multipart_chunksize=args.part_size << 20,
+                            max_concurrency=args.concurrency)
+    with subprocess.Popen(tar_argv(args.pgdata, args.tablespace), stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, bufsize=0) as tar:
+        assert tar.stdout is not None
+        source = _Counting(tar.stdout)
+        client.upload_fileobj(source, args.bucket, args.key, Config=config)  # type: ignore[arg-type]
+    size = client.head_object(Bucket=args.bucket, Key=args.key)["ContentLength"]
+    return {"bytes_in": source.count, "bytes_out": size}
+
+
+def compress(args: argparse.Namespace) -> dict[str, Any]:
+    compressor = get_codec(args.codec).new()
+    produced = 0
+    with subprocess.Popen(tar_argv(args.pgdata, args.tablespace), stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, bufsize=0) as tar:
+        assert tar.stdout is not None
+        consumed = 0
+        while data := tar.stdout.read(READ):
+            consumed += len(data)
+            produced += len(compressor.compress(data))
+        produced += len(compressor.flush())
+    return {"bytes_in": consumed, "bytes_out": produced}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.limits")
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("put")
+    p.add_argument("--endpoint-url", required=True)
+    p.add_argument("--part-size", type=int, default=16, help="MiB")
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("bucket")
+    p.add_argument("key")
+    c = sub.add_parser("codec")
+    c.add_argument("codec")
+    for sp in (p, c):
+        sp.add_argument("--tablespace", action="append", default=[])
+        sp.add_argument("pgdata")
+    args = parser.parse_args(argv)
+    result = put(args) if args.what == "put" else compress(args)
+    print(json.dumps(result))
+    sys.stdout.flush()
+    os._exit(0)  # skip interpreter teardown: it is not part of the limit
+
+
+if __name__ == "__main__":
+    sys.exit(main())

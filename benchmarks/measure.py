@@ -1,0 +1,99 @@
+"""Time a command and sample the peak resident memory of its whole process tree.
+
+Peak RSS is the largest sum, over one sample, of the RSS of the process and all its
+descendants (worker processes included), polled every `interval` seconds from /proc through
+psutil. Summing RSS counts pages shared between processes (the interpreter, libraries) once per
+process, so it overstates what the tree really holds: a conservative figure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import psutil
+
+
+@dataclass
+class Measured:
+    seconds: float
+    peak_rss: int
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def tree_rss(root: psutil.Process) -> int:
+    """RSS of `root` and its descendants right now (processes that exit meanwhile count 0)."""
+    total = 0
+    try:
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            total += proc.memory_info().rss
+    return total
+
+
+class RssSampler:
+    """Polls a process tree in a background thread; `peak` is the largest sample seen."""
+
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
+        self._root = psutil.Process(pid)
+        self._interval = interval
+        self._stop = threading.Event()
+        self.peak = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss(self._root))
+            self._stop.wait(self._interval)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_measured(
+    argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: str = "/",
+    timeout: float = 3600,
+) -> Measured:
+    """Run `argv`, returning wall-clock seconds, the tree's peak RSS and its output."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        list(argv), env=dict(env) if env is not None else None, cwd=cwd,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    with RssSampler(proc.pid) as sampler:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+    seconds = time.perf_counter() - started
+    return Measured(seconds, sampler.peak, proc.returncode, stdout, stderr)
+
+
+def measure_in_process(func: Callable[[], int]) -> tuple[float, int, int]:
+    """(seconds, result, peak RSS of this process) for a call made in this process."""
+    with RssSampler(os.getpid()) as sampler:
+        started = time.perf_counter()
+        result = func()
+        seconds = time.perf_counter() - started
+    return seconds, result, sampler.peak
+
+
+def load_average() -> tuple[float, float, float]:
+    """The 1, 5 and 15 minute load averages, as `uptime` prints them."""
+    return os.getloadavg()

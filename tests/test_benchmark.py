@@ -1,0 +1,60 @@
+"""The benchmark runs end to end on a tiny cluster and writes its JSON and PNG.
+
+Why: `make bench` is how performance claims are made and checked, so it must keep working as the
+engine changes. Only that it runs is checked here: timings on a shared 2-core machine are far too
+noisy to assert (the measured table lives in benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.rig.tools import REPO_ROOT
+
+TIMEOUT_S = 600
+
+
+def _bench(out: Path, *args: str) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--size-mib", "8", "--jobs", "1",
+         "--out", str(out), *args],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=TIMEOUT_S, check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    [report] = out.glob("bench-*.json")
+    [chart] = out.glob("bench-*.png")
+    assert chart.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert "| codec | -J |" in result.stdout
+    data: dict[str, Any] = json.loads(report.read_text())
+    return data
+
+
+@pytest.mark.timeout(TIMEOUT_S + 60)
+def test_benchmark_with_barman_and_limits(tmp_path: Path) -> None:
+    data = _bench(tmp_path, "--codecs", "gzip")
+    runs = data["runs"]
+    tools = {run["tool"] for run in runs}
+    assert {"runner", "barman", "raw-put", "codec"} <= tools
+    assert all(run["ok"] for run in runs), runs
+    [row] = data["rows"]
+    assert (row["codec"], row["jobs"]) == ("gzip", 1)
+    assert row["runner_bytes"] > 0 and row["barman_bytes"] > 0
+    assert row["speedup"] is not None and row["runner_rss"] > 0
+    assert data["cluster"]["bytes"] > 1 << 20
+
+
+@pytest.mark.timeout(TIMEOUT_S + 60)
+def test_benchmark_without_barman(tmp_path: Path) -> None:
+    data = _bench(tmp_path, "--codecs", "none", "--no-barman", "--no-limits")
+    runs = data["runs"]
+    assert [(run["tool"], run["codec"], run["jobs"], run["ok"]) for run in runs] == [
+        ("runner", "none", 1, True)
+    ]
+    [row] = data["rows"]
+    assert row["barman_s"] is None and row["runner_s"] > 0

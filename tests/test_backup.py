@@ -98,10 +98,22 @@ def test_archives_stay_under_max_archive_size_and_feed_every_job(s3, pg, bucket)
     assert len(workers) == 2, result.stderr
 
 
+def test_a_small_cluster_still_feeds_every_job(s3, pg, bucket):
+    """Far below 64 MiB per job, the data is still cut so that both workers get a share, but
+    not into more pieces than that: every object costs a request (and in Airflow, a task)."""
+    result = run_runner("-J", "2", "--immediate-checkpoint", f"s3://{bucket}/j", "pg",
+                        s3=s3, pg=pg)
+    assert result.returncode == 0, result.stderr
+    data = [k for k in s3.list_objects(bucket, "j/") if re.search(r"/data(_\d+)?\.tar$", k)]
+    assert 2 <= len(data) <= 3, data
+    workers = set(re.findall(r"\[(\d+)\] INFO: \S+ stored as", result.stderr))
+    assert len(workers) == 2, result.stderr
+
+
 def test_parts_are_equal_except_the_last(s3, pg, bucket):
     pg.execute("CREATE TABLE IF NOT EXISTS big AS SELECT g, md5(g::text) AS h "
                "FROM generate_series(1, 300000) g", dbname="app")
-    result = run_runner("--min-chunk-size", "5MB", "--immediate-checkpoint",
+    result = run_runner("-J", "1", "--min-chunk-size", "5MB", "--immediate-checkpoint",
                         f"s3://{bucket}/p", "pg", s3=s3, pg=pg)
     assert result.returncode == 0, result.stderr
     [data_key] = [k for k in s3.list_objects(bucket, "p/") if k.endswith("/data.tar")]

@@ -206,7 +206,9 @@ def upload_barman_backup(
             backup_id=backup.backup_id, prefix=prefix, store=options.store,
             compression=options.compression, min_chunk_size=options.min_chunk_size,
             backup_name=None, jobs=options.jobs, info=_state_info(backup), roots=roots,
-            chunks=plan_chunks(roots, options.jobs, options.max_archive_size),
+            chunks=plan_chunks(
+                roots, options.jobs, options.max_archive_size, options.min_archive_size
+            ),
             started_at=started,
         )
         log.info(

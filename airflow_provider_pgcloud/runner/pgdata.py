@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from .cpu import worker_processes
 from .errors import BackupFailed
 
 DATA = "data"
@@ -198,50 +199,53 @@ def _walk_dir(
             yield from _walk_dir(root, full, key, depth + 1, lo, hi)
 
 
-def chunk_target(total_bytes: int, jobs: int, max_archive_size: int) -> int:
-    """Bytes per chunk: enough chunks to keep every job busy, none above --max-archive-size.
+DEFAULT_MIN_ARCHIVE_SIZE = 64 << 20
 
-    Four chunks per job balance archives that compress at different speeds; a floor of 64 MiB
-    keeps small clusters from turning into hundreds of tiny objects.
+
+def chunk_target(total_bytes: int, jobs: int, max_archive_size: int,
+                 min_archive_size: int = DEFAULT_MIN_ARCHIVE_SIZE) -> int:
+    """Bytes per chunk: enough chunks to keep every worker busy, none above --max-archive-size.
+
+    Four chunks per worker process (jobs capped at the cores, as the uploads are) balance
+    archives that compress at different speeds. Chunks are not cut below `min_archive_size`
+    unless that would leave a worker idle: each object has a fixed cost (a request, and in
+    Airflow a whole task), so a small cluster becomes one object per worker, not hundreds of
+    tiny ones.
     """
-    balanced = max(64 << 20, math.ceil(total_bytes / (jobs * 4)))
-    return max(1, min(max_archive_size, balanced))
+    workers = worker_processes(jobs)
+    balanced = math.ceil(total_bytes / (workers * 4))
+    one_each = math.ceil(total_bytes / workers)
+    return max(1, min(max_archive_size, max(balanced, min(min_archive_size, one_each))))
 
 
-def plan_chunks(roots: list[ArchiveRoot], jobs: int, max_archive_size: int) -> list[Chunk]:
-    """Walk every archive once and cut it into chunks of about `chunk_target` bytes each.
+def plan_chunks(roots: list[ArchiveRoot], jobs: int, max_archive_size: int,
+                min_archive_size: int = DEFAULT_MIN_ARCHIVE_SIZE) -> list[Chunk]:
+    """Walk every archive and cut it into chunks of about `chunk_target` bytes each.
 
     A file is never split, so a chunk can exceed the target by at most one file (PostgreSQL
     files are at most 1 GiB). Every archive yields at least one chunk: Barman's restore needs
-    the unnumbered main object.
+    the unnumbered main object. Two streaming walks (one to size the target, one to cut), so
+    memory does not grow with the number of files.
     """
-    walks = {root.archive: list(walk(root)) for root in roots}
-    total = sum(e.tar_size for entries in walks.values() for e in entries)
-    target = chunk_target(total, jobs, max_archive_size)
+    total = sum(entry.tar_size for root in roots for entry in walk(root))
+    target = chunk_target(total, jobs, max_archive_size, min_archive_size)
     chunks: list[Chunk] = []
     for root in roots:
-        entries = walks[root.archive]
-        start, size, files = 0, 0, 0
-        for i, entry in enumerate(entries):
+        index, first, last, size, files = 0, "", "", 0, 0
+        for entry in walk(root):
             if size and size + entry.tar_size > target:
-                chunks.append(_chunk(root.archive, chunks, entries, start, i - 1, size, files))
-                start, size, files = i, 0, 0
+                chunks.append(Chunk(root.archive, index, first, last, size, files))
+                index, size, files = index + 1, 0, 0
+            if not size:
+                first = entry.key
+            last = entry.key
             size += entry.tar_size
             files += 0 if entry.is_dir else 1
-        if size or not any(c.archive == root.archive for c in chunks):
-            last = len(entries) - 1
-            chunks.append(_chunk(root.archive, chunks, entries, start, last, size, files))
+        if size:
+            chunks.append(Chunk(root.archive, index, first, last, size, files))
+        elif not index:  # an empty tablespace still gets its (empty) main archive
+            chunks.append(Chunk(root.archive, 0, "\x00", "\x00", 0, 0))
     return chunks
-
-
-def _chunk(
-    archive: str, chunks: list[Chunk], entries: list[Entry], start: int, end: int, size: int,
-    files: int,
-) -> Chunk:
-    index = sum(1 for c in chunks if c.archive == archive)
-    if not entries:  # an empty tablespace still gets its (empty) main archive
-        return Chunk(archive, index, "\x00", "\x00", 0, 0)
-    return Chunk(archive, index, entries[start].key, entries[end].key, size, files)
 
 
 def tablespace_prefix(major: str) -> str:

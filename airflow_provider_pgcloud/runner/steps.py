@@ -21,7 +21,16 @@ from . import backup_info as bi
 from .codecs import compression_threads, get_codec
 from .errors import BackupFailed, PgCloudError, first_line
 from .manifest import ManifestTarWriter, server_of, store_archive_manifest, write_index
-from .pgdata import DATA, ArchiveRoot, Chunk, plan_chunks, relative_inside, tablespace_prefix, walk
+from .pgdata import (
+    DATA,
+    DEFAULT_MIN_ARCHIVE_SIZE,
+    ArchiveRoot,
+    Chunk,
+    plan_chunks,
+    relative_inside,
+    tablespace_prefix,
+    walk,
+)
 from .postgres import ClusterInfo, StartPoint
 from .progress import Progress
 from .session import BackupSession
@@ -46,6 +55,7 @@ class BackupOptions:
     compression: str | None = None
     jobs: int = 2
     max_archive_size: int = DEFAULT_MAX_ARCHIVE_SIZE
+    min_archive_size: int = DEFAULT_MIN_ARCHIVE_SIZE
     min_chunk_size: int = DEFAULT_MIN_CHUNK_SIZE
     immediate_checkpoint: bool = False
     backup_name: str | None = None
@@ -215,7 +225,9 @@ def start_backup(options: BackupOptions, session: BackupSession, store: ObjectSt
     )
     store.put(bi.info_key(prefix), bi.encode(info))
     try:
-        state.chunks = plan_chunks(roots, options.jobs, options.max_archive_size)
+        state.chunks = plan_chunks(
+            roots, options.jobs, options.max_archive_size, options.min_archive_size
+        )
     except BaseException as exc:
         # No state reaches the caller, so record the failure here: never leave STARTED behind.
         fail_backup(state, store, f"failure planning the backup ({first_line(exc)})", session)

@@ -5,8 +5,10 @@
 
 builds
 
-    start_backup (setup) -> upload_chunk.expand(chunk=...) -> take_disk_snapshots
+    start_backup (setup) -> upload_chunk.expand(chunk=...) [-> take_disk_snapshots]
         -> stop_backup_and_upload_label (teardown, on_failure_fail_dagrun)
+
+(take_disk_snapshots only in a snapshot backup, when `snapshot_instance` is given.)
 
 Every task of the group reads PGDATA or talks to the backup's keeper over a local socket, so
 all of them must run on the database host: pass the `queue` its worker listens on.
@@ -63,9 +65,10 @@ def pg_cloud_backup_group(
     """Add a backup of the `postgres_conn_id` cluster to `destination_url` to the current DAG.
 
     `backup_options` are StartBackupOperator's (all templated): cloud_provider, compression,
-    jobs, max_archive_size, min_chunk_size, immediate_checkpoint, backup_name, tags,
-    endpoint_url, encryption, sse_kms_key_id, read_timeout. The keeper aborts the database
-    backup by itself if the group has not finished within `session_deadline`. On success an
+    jobs, max_archive_size, min_archive_size, min_chunk_size, immediate_checkpoint,
+    backup_name, tags, endpoint_url, encryption, sse_kms_key_id, read_timeout. The keeper
+    aborts the database backup by itself if the group has not finished within
+    `session_deadline`. On success an
     asset event for `Asset("<destination_url>/<server_name>")` is emitted through the
     `asset_alias` AssetAlias. With `snapshot_instance` and `snapshot_disks` (provider options
     in `snapshot_options`, see TakeDiskSnapshotsOperator) it is a disk snapshot backup: no
@@ -90,7 +93,9 @@ def pg_cloud_backup_group(
             retry_delay=upload_retry_delay, max_active_tis_per_dagrun=max_parallel_uploads,
             **connections, **placement,
         ).expand(chunk=start.output)
-        snapshots = TakeDiskSnapshotsOperator(
+        # the snapshot task exists only in a snapshot backup: every task is a scheduling
+        # round trip, which a backup of a few GB would notice
+        snapshots = None if snapshot_instance is None else TakeDiskSnapshotsOperator(
             task_id="take_disk_snapshots", start_task_id=start.task_id,
             snapshot_instance=snapshot_instance,
             snapshot_disks=snapshot_disks, snapshot_options=snapshot_options,
@@ -99,12 +104,14 @@ def pg_cloud_backup_group(
         stop = StopBackupAndUploadLabelOperator(
             task_id="stop_backup_and_upload_label", state=state,
             chunks=start.output, upload_task_id=upload.task_id,
-            snapshot_task_id=snapshots.task_id, asset_alias=asset_alias,
-            **connections, **placement,
+            snapshot_task_id=snapshots.task_id if snapshots else None,
+            asset_alias=asset_alias, **connections, **placement,
         )
-        start >> upload >> snapshots >> stop.as_teardown(
-            setups=start, on_failure_fail_dagrun=True
-        )
+        teardown = stop.as_teardown(setups=start, on_failure_fail_dagrun=True)
+        if snapshots:
+            start >> upload >> snapshots >> teardown
+        else:
+            start >> upload >> teardown
         if verify and not snapshot_instance:
             stop >> VerifyBackupOperator(
                 task_id="verify_backup", destination_url=destination_url,

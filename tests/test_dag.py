@@ -225,12 +225,13 @@ def test_example_dag_form_and_shape(dagbag: Any) -> None:
         "none", "gzip", "bzip2", "snappy", "lz4", "zstd"]
 
     start, upload = dag.get_task(f"{GROUP}.start_backup"), dag.get_task(UPLOAD)
-    snapshots, stop = dag.get_task(f"{GROUP}.take_disk_snapshots"), dag.get_task(STOP)
+    stop = dag.get_task(STOP)
     assert start.is_setup and stop.is_teardown and stop.on_failure_fail_dagrun
     assert upload.is_mapped and upload.map_index_template
     assert upload.upstream_task_ids == {start.task_id}
-    assert snapshots.upstream_task_ids == {upload.task_id}
-    assert stop.upstream_task_ids == {start.task_id, snapshots.task_id}
+    assert stop.upstream_task_ids == {start.task_id, upload.task_id}
+    # no snapshot options: no snapshot task, one scheduling round trip less
+    assert f"{GROUP}.take_disk_snapshots" not in dag.task_dict
 
 
 # ------------------------------------------------------------------ end to end

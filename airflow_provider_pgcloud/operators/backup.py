@@ -1,6 +1,6 @@
-"""The backup as four Airflow tasks, each a thin shell over one engine step.
+"""The backup as Airflow tasks, each a thin shell over one engine step.
 
-    start_backup (setup) -> upload_chunk.expand(chunk=...) -> take_disk_snapshots
+    start_backup (setup) -> upload_chunk.expand(chunk=...) [-> take_disk_snapshots]
         -> stop_backup_and_upload_label (teardown: always runs once start succeeded)
 
 The start task hands the database session to a keeper process (a non-exclusive backup must be
@@ -11,6 +11,7 @@ state XCom. All tasks of one backup must run on the database host (give them one
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -55,7 +56,10 @@ CHUNK_LABEL = (
 )
 """map_index_template naming each mapped upload after its archive object (`data_0003`)."""
 
-
+TASK_MIN_ARCHIVE_SIZE = 1 << 30
+"""StartBackupOperator's default `min_archive_size`: every archive object is a mapped task,
+and a task costs about a second of scheduling and start-up, so objects are not cut below
+1 GiB (a few seconds of work each) unless that would leave a parallel job without one."""
 
 
 def snapshot_config(
@@ -80,15 +84,20 @@ class StartBackupOperator(BackupOptionsOperator):
     With `snapshot_instance` and `snapshot_disks` (and the provider's `snapshot_options`, as
     for TakeDiskSnapshotsOperator) it starts a disk snapshot backup instead: it checks the
     disks are attached and hold the cluster, and plans no chunks.
+
+    `min_archive_size` (Barman's size notation or bytes) is the smallest archive object worth
+    an upload task of its own, unless there would otherwise be fewer objects than parallel
+    jobs; the data is cut into about four objects per job above it.
     """
 
     template_fields: Sequence[str] = (
         *BackupOptionsOperator.template_fields,
-        "snapshot_instance", "snapshot_disks", "snapshot_options",
+        "snapshot_instance", "snapshot_disks", "snapshot_options", "min_archive_size",
     )
 
     def __init__(
         self, *, session_deadline: dt.timedelta | float = DEFAULT_DEADLINE_SECONDS,
+        min_archive_size: int | str = TASK_MIN_ARCHIVE_SIZE,
         snapshot_instance: str | None = None,
         snapshot_disks: Sequence[str] | str | None = None,
         snapshot_options: dict[str, Any] | None = None,
@@ -99,9 +108,13 @@ class StartBackupOperator(BackupOptionsOperator):
         self.snapshot_instance = snapshot_instance
         self.snapshot_disks = snapshot_disks
         self.snapshot_options = snapshot_options
+        self.min_archive_size = min_archive_size
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
-        options = self.backup_options()
+        options = dataclasses.replace(
+            self.backup_options(),
+            min_archive_size=v.as_size(self.min_archive_size, "min_archive_size"),
+        )
         snapshot = snapshot_config(
             options.store.cloud_provider, self.snapshot_instance, self.snapshot_disks,
             self.snapshot_options, compression=options.compression,

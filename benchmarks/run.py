@@ -161,7 +161,7 @@ def backup_run(tool: str, codec: str, jobs: int, s3: S3Server, pg: PgCluster,
     elif tool == "dag":
         assert airflow is not None
         argv, cwd = airflow.argv(url, codec, jobs), str(REPO_ROOT)
-        env = {**airflow.env, "AIRFLOW__CORE__PARALLELISM": str(jobs)}
+        env = airflow.env
     else:
         argv, env = _barman_argv(codec, jobs, s3, pg, url), _barman_env(s3, pg)
     load = load_average()
@@ -405,16 +405,21 @@ def table(results: Results, rows: list[dict[str, Any]]) -> str:
         for r in rows:
             lines.append(f"| {r['codec']} | {r['jobs']} | {_fmt(r['runner_s'], '.1f')} "
                          f"| {_fmt(r['dag_s'], '.1f')} | {_fmt(r['dag_vs_runner'], '.2f')}x |")
-    limits = [r for r in results.runs if r.tool in ("raw-put", "codec", "cli") and r.ok]
+    limits: dict[tuple[str, str, str], list[Run]] = {}
+    for run in results.runs:
+        if run.tool in ("raw-put", "codec", "cli") and run.ok:
+            limits.setdefault((run.tool, run.codec, run.note), []).append(run)
     if limits:
-        lines += ["", "| limit | codec | s | MB/s in | MB out | load |",
+        lines += ["", "| limit (median of n runs) | codec | n | s | MB/s in | MB out |",
                   "|---|---|--:|--:|--:|--:|"]
-        for run in limits:
+        for (tool, codec, note), runs in limits.items():
             what = {"raw-put": "raw multipart PUT of a tar stream (boto3)",
                     "codec": "codec alone, in-process, one stream",
-                    "cli": f"`{run.note}` on the tar stream"}[run.tool]
-            lines.append(f"| {what} | {run.codec} | {run.seconds:.1f} | {run.mb_s:.0f} "
-                         f"| {run.bytes_stored / MB:.1f} | {run.load[0]:.2f} |")
+                    "cli": f"`{note}` on the tar stream"}[tool]
+            seconds = statistics.median(run.seconds for run in runs)
+            out = statistics.median(run.bytes_stored for run in runs)
+            lines.append(f"| {what} | {codec} | {len(runs)} | {seconds:.1f} "
+                         f"| {runs[0].bytes_in / MB / seconds:.0f} | {out / MB:.1f} |")
     manifests = [r["runner_manifest_bytes"] for r in rows if r.get("runner_manifest_bytes")]
     if manifests:
         lines += ["", f"Bytes stored count what Barman also stores (the archives and backup.info "
@@ -490,6 +495,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="also run the example DAG (LocalExecutor, mapped uploads) each time")
     parser.add_argument("--repeat", type=int, default=1,
                         help="measure every pair N times, alternating the order; medians")
+    parser.add_argument("--report", type=Path, metavar="JSON",
+                        help="measure nothing: print the table of an earlier run's JSON")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results",
                         help="directory for the JSON and PNG (default benchmarks/results)")
     args = parser.parse_args(argv)
@@ -499,8 +506,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def report(path: Path) -> int:
+    """Print the table and the targets of a JSON this module wrote."""
+    data = json.loads(path.read_text())
+    runs = [Run(**{**run, "load": tuple(run["load"])}) for run in data.pop("runs")]
+    results = Results(data["started"], data["command"], data["host"], data["cluster"], runs)
+    rows = summarize(results)
+    size = results.cluster.get("bytes", 0) / MB
+    print(f"{results.command}\n\n{size:.0f} MB cluster, {results.host['cpus']} cores "
+          f"({results.started})\n\n{table(results, rows)}\n")
+    for description, met in check_targets(rows):
+        print(f"{'met    ' if met else 'NOT MET'}  {description}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report:
+        return report(args.report)
     command = "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)
     results = Results(
         started=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), command=command.strip(),
@@ -522,7 +545,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results.cluster = {**asdict(plan), "bytes": raw_bytes, "files": files}
         log(f"cluster: {raw_bytes / MB:.0f} MB in {files} files")
         if args.dag:
-            log("preparing Airflow (metadata database, execution API server)")
+            log("preparing Airflow (metadata database, API server, DAG processor, scheduler)")
             airflow = Airflow(pg, s3)
             # a deployment has run its DAG before: the first run of a fresh Airflow also
             # serializes the DAG and fills caches, so it is run once unmeasured

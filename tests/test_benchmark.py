@@ -50,11 +50,19 @@ def test_benchmark_with_barman_and_limits(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(TIMEOUT_S + 60)
-def test_benchmark_without_barman(tmp_path: Path) -> None:
-    data = _bench(tmp_path, "--codecs", "none", "--no-barman", "--no-limits")
+def test_benchmark_without_barman_with_dag(tmp_path: Path) -> None:
+    """--dag: the example DAG under a real scheduler (LocalExecutor) beside the runner."""
+    data = _bench(tmp_path, "--codecs", "none", "--no-barman", "--no-limits", "--dag")
     runs = data["runs"]
-    assert [(run["tool"], run["codec"], run["jobs"], run["ok"]) for run in runs] == [
-        ("runner", "none", 1, True)
+    assert sorted((run["tool"], run["codec"], run["jobs"], run["ok"]) for run in runs) == [
+        ("dag", "none", 1, True), ("runner", "none", 1, True),
     ]
     [row] = data["rows"]
     assert row["barman_s"] is None and row["runner_s"] > 0
+    assert row["dag_s"] > 0 and row["dag_vs_runner"] is not None
+    # --report prints the same table again from the JSON alone
+    [report] = tmp_path.glob("bench-*.json")
+    again = subprocess.run([sys.executable, "-m", "benchmarks.run", "--report", str(report)],
+                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert again.returncode == 0, again.stderr
+    assert "| none | 1 |" in again.stdout and "DAG s" in again.stdout

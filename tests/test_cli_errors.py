@@ -27,7 +27,6 @@ def assert_one_line(stderr: str, text: str) -> None:
         (["-n", "latest"], "reserved word"),
         (["-n", "20240101T000000"], "backup ID"),
         (["-z", "--zstd"], "not allowed with argument"),
-        (["--sse-kms-key-id", "k1"], 'Encryption type must be "aws:kms"'),
         (["-e", "DES"], "invalid choice"),
         (["--read-timeout", "x"], "is not a positive integer"),
         (["--no-such-option"], "unrecognized arguments"),
@@ -36,6 +35,25 @@ def assert_one_line(stderr: str, text: str) -> None:
 def test_nonsense_options_exit_3(args, message):
     result = run_runner(*args, "s3://bucket/path", "pg")
     assert result.returncode == 3
+    assert_one_line(result.stderr, message)
+
+
+TAGS = ["--tags", *(f"k{n},v" for n in range(11))]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--sse-kms-key-id", "k1"], 'Encryption type must be "aws:kms"'),
+        (["-e", "AES256", "--sse-kms-key-id", "k1"], 'Encryption type must be "aws:kms"'),
+        (TAGS, "Maximum number of tags per object exceeded"),
+        (["--tags", "a,1", "a,2"], "Duplicate tag keys found"),
+    ],
+)
+def test_conflicting_options_exit_4_as_barman(args, message):
+    """Rules across options exit 4 in Barman 3.20 (it checks them after parsing), not 3."""
+    result = run_runner("s3://bucket/path", "pg", *args)  # --tags takes every word after it
+    assert result.returncode == 4
     assert_one_line(result.stderr, message)
 
 

@@ -19,7 +19,7 @@ from .argtypes import Parser, configure_verbosity, non_negative, positive, repor
 from .backup import run_backup
 from .backup_info import check_backup_name
 from .codecs import get_codec
-from .errors import InputError
+from .errors import InputError, PgCloudError
 from .postgres import build_conninfo
 from .sizes import parse_size
 from .snapshot_backup import run_snapshot_backup
@@ -142,15 +142,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def check_option_rules(args: argparse.Namespace) -> None:
+    """Rules across options that parse one by one. Barman checks them after parsing and exits
+    4 (not argparse's 3), whatever its documentation's wording; so do we, like its snapshot
+    option rules."""
     if args.sse_kms_key_id and args.encryption != "aws:kms":
-        parser.error('Encryption type must be "aws:kms" if SSE KMS Key ID is specified')
+        raise PgCloudError('Encryption type must be "aws:kms" if SSE KMS Key ID is specified')
     if len(args.tags) > 10:
-        parser.error("Maximum number of tags per object exceeded: no more than 10 tags")
+        raise PgCloudError("Maximum number of tags per object exceeded: no more than 10 tags")
     keys = [key for key, _ in args.tags]
     if len(set(keys)) != len(keys):
-        parser.error("Duplicate tag keys found. Tag keys must be unique.")
-    return args
+        raise PgCloudError("Duplicate tag keys found. Tag keys must be unique.")
 
 
 def store_config(args: argparse.Namespace) -> StoreConfig:
@@ -170,6 +175,7 @@ def store_config(args: argparse.Namespace) -> StoreConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_option_rules(args)
     config = store_config(args)
     snapshot = snapshots.config_from_args(args)
     log.debug("%s %s to %s (%s)", PROG, __version__, config.destination_url,

@@ -19,4 +19,20 @@ def get_provider_info() -> dict[str, object]:
         "name": "pgcloud",
         "description": __doc__,
         "versions": [__version__],
+        "integrations": [{
+            "integration-name": "pgcloud",
+            "tags": ["software"],
+        }],
+        "operators": [{
+            "integration-name": "pgcloud",
+            "python-modules": [
+                "airflow_provider_pgcloud.operators.backup",
+                "airflow_provider_pgcloud.operators.single",
+                "airflow_provider_pgcloud.operators.verify",
+            ],
+        }],
+        "hooks": [{
+            "integration-name": "pgcloud",
+            "python-modules": ["airflow_provider_pgcloud.hooks.pgcloud"],
+        }],
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import subprocess
 import sys
@@ -23,11 +24,18 @@ def test_airflow_lists_the_provider(tmp_path):
     env = dict(os.environ, AIRFLOW_HOME=str(tmp_path))
     listed = subprocess.run(
         [sys.executable, "-c",
-         "from airflow.providers_manager import ProvidersManager as P;"
-         "print(sorted(P().providers))"],
-        env=env, capture_output=True, text=True, check=True,
+         "import importlib, json; from airflow.providers_manager import ProvidersManager as P;"
+         "info = P().providers['airflow-provider-pgcloud'].data;"
+         "[importlib.import_module(m) for k in ('operators', 'hooks') for e in info[k]"
+         " for m in e['python-modules']];"
+         "print(json.dumps(info))"],
+        env=env, capture_output=True, text=True, check=False,
     )
-    assert "'airflow-provider-pgcloud'" in listed.stdout, listed.stderr
+    assert listed.returncode == 0, listed.stderr
+    info = json.loads(listed.stdout.strip().splitlines()[-1])
+    modules = [m for entry in info["operators"] for m in entry["python-modules"]]
+    assert "airflow_provider_pgcloud.operators.backup" in modules
+    assert "schema" not in listed.stderr.lower(), listed.stderr  # it validated
 
 
 def test_engine_never_imports_airflow():

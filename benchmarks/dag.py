@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -36,7 +35,13 @@ import psycopg2
 
 from tests.rig.pgcluster import PgCluster, init_cluster
 from tests.rig.s3server import S3Server
-from tests.rig.tools import REPO_ROOT, free_port, make_workdir, remove_workdir
+from tests.rig.tools import (
+    REPO_ROOT,
+    free_port,
+    make_workdir,
+    remove_workdir,
+    stop_process_group,
+)
 
 AIRFLOW_BIN = Path(sys.executable).parent / "airflow"
 DAG_ID = "pgcloud_backup"
@@ -157,15 +162,8 @@ class Airflow:
         return [sys.executable, "-m", "benchmarks.dag", url, compression, str(jobs)]
 
     def stop(self) -> None:
-        for process in self._processes.values():
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in self._processes.values():
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+        for process in reversed(self._processes.values()):
+            stop_process_group(process, grace=30)
         for out in self._logs:
             out.close()
         if self.metadata is not None:

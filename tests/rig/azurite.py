@@ -18,12 +18,9 @@ Facts learned running it (Azurite 3.37):
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
 import secrets
-import signal
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,8 +34,9 @@ from tests.rig.tools import (
     free_port,
     register_cleanup,
     remove_workdir,
-    tail,
+    stop_process_group,
     unregister_cleanup,
+    wait_until_ready,
 )
 
 START_TIMEOUT_S = 30.0
@@ -125,42 +123,17 @@ class AzuriteServer:
 
     def stop(self) -> None:
         unregister_cleanup(self.stop)
-        proc = self.process
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop_process_group(self.process)
         self.process = None
         if self.remove_workdir_on_stop and self.workdir is not None:
             remove_workdir(self.workdir)
 
 
-def _wait_ready(server: AzuriteServer, deadline: float) -> None:
-    last_error: BaseException | None = None
-    while time.monotonic() < deadline:
-        if server.process is not None and server.process.poll() is not None:
-            raise RuntimeError(
-                f"azurite-blob exited with code {server.process.returncode}; log tail:\n"
-                + (tail(server.log_file) if server.log_file else "")
-            )
-        try:
-            # no SDK retries: its first backoff is 15 s, longer than Azurite takes to start
-            with server.service(retry_total=0) as service:
-                next(iter(service.list_containers(results_per_page=1)), None)
-            return
-        except Exception as exc:
-            last_error = exc
-        time.sleep(0.2)
-    raise RuntimeError(
-        f"Azurite at {server.endpoint} not ready after {START_TIMEOUT_S:.0f}s"
-        f" (last error: {last_error!r}); log tail:\n"
-        + (tail(server.log_file) if server.log_file else "")
-    )
+def _ready(server: AzuriteServer) -> bool:
+    # no SDK retries: its first backoff is 15 s, longer than Azurite takes to start
+    with server.service(retry_total=0) as service:
+        next(iter(service.list_containers(results_per_page=1)), None)
+    return True
 
 
 def start_azurite(workdir: Path, *, remove_workdir_on_stop: bool = False) -> AzuriteServer:
@@ -192,7 +165,8 @@ def start_azurite(workdir: Path, *, remove_workdir_on_stop: bool = False) -> Azu
     )
     register_cleanup(server.stop)
     try:
-        _wait_ready(server, time.monotonic() + START_TIMEOUT_S)
+        wait_until_ready(f"Azurite at {server.endpoint}", server.process, server.log_file,
+                         lambda: _ready(server), START_TIMEOUT_S)
     except BaseException:
         server.stop()
         raise

@@ -16,12 +16,9 @@ Facts learned running it (2026.7.19):
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,8 +31,9 @@ from tests.rig.tools import (
     free_port,
     register_cleanup,
     remove_workdir,
-    tail,
+    stop_process_group,
     unregister_cleanup,
+    wait_until_ready,
 )
 
 START_TIMEOUT_S = 30.0
@@ -95,40 +93,15 @@ class GcsEmulator:
 
     def stop(self) -> None:
         unregister_cleanup(self.stop)
-        proc = self.process
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop_process_group(self.process)
         self.process = None
         if self.remove_workdir_on_stop and self.workdir is not None:
             remove_workdir(self.workdir)
 
 
-def _wait_ready(server: GcsEmulator, deadline: float) -> None:
-    last_error: BaseException | None = None
-    while time.monotonic() < deadline:
-        if server.process is not None and server.process.poll() is not None:
-            raise RuntimeError(
-                f"gcp-storage-emulator exited with code {server.process.returncode}; log tail:\n"
-                + (tail(server.log_file) if server.log_file else "")
-            )
-        try:
-            list(server.client().list_buckets(max_results=1, timeout=2, retry=None))
-            return
-        except Exception as exc:
-            last_error = exc
-        time.sleep(0.2)
-    raise RuntimeError(
-        f"GCS emulator at {server.endpoint} not ready after {START_TIMEOUT_S:.0f}s"
-        f" (last error: {last_error!r}); log tail:\n"
-        + (tail(server.log_file) if server.log_file else "")
-    )
+def _ready(server: GcsEmulator) -> bool:
+    list(server.client().list_buckets(max_results=1, timeout=2, retry=None))
+    return True
 
 
 def start_gcs_emulator(workdir: Path, *, remove_workdir_on_stop: bool = False) -> GcsEmulator:
@@ -148,7 +121,8 @@ def start_gcs_emulator(workdir: Path, *, remove_workdir_on_stop: bool = False) -
                          remove_workdir_on_stop=remove_workdir_on_stop)
     register_cleanup(server.stop)
     try:
-        _wait_ready(server, time.monotonic() + START_TIMEOUT_S)
+        wait_until_ready(f"GCS emulator at {server.endpoint}", server.process,
+                         server.log_file, lambda: _ready(server), START_TIMEOUT_S)
     except BaseException:
         server.stop()
         raise

@@ -28,9 +28,7 @@ import contextlib
 import json
 import os
 import secrets
-import signal
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,8 +40,9 @@ from tests.rig.tools import (
     free_port,
     register_cleanup,
     remove_workdir,
-    tail,
+    stop_process_group,
     unregister_cleanup,
+    wait_until_ready,
     weed_bin,
 )
 
@@ -126,16 +125,7 @@ class S3Server:
         volume each drain in turn); the data is throwaway, so SIGKILL follows after one second.
         """
         unregister_cleanup(self.stop)
-        proc = self.process
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=1)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop_process_group(self.process, grace=1)
         self.process = None
         for port in self.ports:
             for role in ("master", "volume", "filer", "s3"):
@@ -146,36 +136,21 @@ class S3Server:
             remove_workdir(self.workdir)
 
 
-def _wait_ready(server: S3Server, deadline: float) -> None:
-    """Poll until a probe bucket can be created, written and listed: only then is S3 usable.
+def _ready(server: S3Server) -> bool:
+    """A probe bucket can be created, written and listed: only then is S3 usable.
 
     The S3 port answers before the master has a volume server, so a plain TCP/HTTP check is not
     enough; creating a bucket and putting an object exercises master, volume and filer.
     """
     probe = "rig-ready-probe"
-    last_error: BaseException | None = None
-    while time.monotonic() < deadline:
-        if server.process is not None and server.process.poll() is not None:
-            raise RuntimeError(
-                f"weed exited with code {server.process.returncode} during startup; log tail:\n"
-                + (tail(server.log_file) if server.log_file else "")
-            )
-        try:
-            client = server.client()
-            server.create_bucket(probe)
-            client.put_object(Bucket=probe, Key="probe", Body=b"ok")
-            if "probe" in server.list_objects(probe):
-                client.delete_object(Bucket=probe, Key="probe")
-                client.delete_bucket(Bucket=probe)
-                return
-        except Exception as exc:
-            last_error = exc
-        time.sleep(0.2)
-    raise RuntimeError(
-        f"SeaweedFS S3 at {server.endpoint_url} not ready after {START_TIMEOUT_S:.0f}s"
-        f" (last error: {last_error!r}); weed log tail:\n"
-        + (tail(server.log_file) if server.log_file else "")
-    )
+    client = server.client()
+    server.create_bucket(probe)
+    client.put_object(Bucket=probe, Key="probe", Body=b"ok")
+    if "probe" not in server.list_objects(probe):
+        return False
+    client.delete_object(Bucket=probe, Key="probe")
+    client.delete_bucket(Bucket=probe)
+    return True
 
 
 def start_s3_server(workdir: Path, *, remove_workdir_on_stop: bool = False) -> S3Server:
@@ -257,7 +232,8 @@ def start_s3_server(workdir: Path, *, remove_workdir_on_stop: bool = False) -> S
     )
     register_cleanup(server.stop)
     try:
-        _wait_ready(server, time.monotonic() + START_TIMEOUT_S)
+        wait_until_ready(f"SeaweedFS S3 at {server.endpoint_url}", server.process,
+                         server.log_file, lambda: _ready(server), START_TIMEOUT_S)
     except BaseException:
         server.stop()
         raise

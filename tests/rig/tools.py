@@ -13,11 +13,14 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import sysconfig
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -194,6 +197,42 @@ def tail(path: Path, lines: int = 40) -> str:
     except OSError as exc:
         return f"<cannot read {path}: {exc}>"
     return "\n".join(text.splitlines()[-lines:])
+
+
+def stop_process_group(process: subprocess.Popen[bytes] | None, grace: float = 5) -> None:
+    """SIGTERM a service started in its own session, then SIGKILL it after `grace` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+def wait_until_ready(
+    what: str, process: subprocess.Popen[bytes] | None, log_file: Path | None,
+    probe: Callable[[], bool], timeout: float,
+) -> None:
+    """Poll `probe` until it returns true; raise with the log's tail if the service exits
+    first or `timeout` passes (the probe's last exception is part of the message)."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {process.returncode} during startup; "
+                               "log tail:\n" + (tail(log_file) if log_file else ""))
+        try:
+            if probe():
+                return
+        except Exception as exc:
+            last_error = exc
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} not ready after {timeout:.0f}s (last error: {last_error!r}); "
+                       "log tail:\n" + (tail(log_file) if log_file else ""))
 
 
 _cleanups: list[Callable[[], None]] = []

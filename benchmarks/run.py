@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -164,12 +165,16 @@ def backup_run(tool: str, codec: str, jobs: int, s3: S3Server, pg: PgCluster,
         env = airflow.env
     else:
         argv, env = _barman_argv(codec, jobs, s3, pg, url), _barman_env(s3, pg)
+    if airflow is not None and tool == "dag":
+        airflow.resume()
     load = load_average()
     try:
         measured = run_measured(argv, env, cwd=cwd)
         stored, extra, status = stored_backup(s3, bucket)
     finally:
         drop_bucket(s3, bucket)
+        if airflow is not None and tool == "dag":
+            airflow.pause()
     ok = measured.returncode == 0 and status == "DONE"
     note = "" if ok else f"exit {measured.returncode}, status {status!r}: " + \
         (measured.stdout.strip()[-300:] + measured.stderr.strip()[-400:])
@@ -520,7 +525,13 @@ def report(path: Path) -> int:
     return 0
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    # a killed benchmark must still stop its servers and clusters (the finally below)
+    signal.signal(signal.SIGTERM, _interrupt)
     args = parse_args(argv)
     if args.report:
         return report(args.report)

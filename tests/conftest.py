@@ -7,16 +7,21 @@ stops; tests.rig.tools registers an atexit safety net for interrupted runs.
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Protocol
+from typing import Any, Protocol
 
 import pytest
 
-from tests.rig.barman import restore
+from tests.rig.azurite import AzuriteServer, start_azurite
+from tests.rig.barman import restore, run_barman
+from tests.rig.gcs import GcsEmulator, start_gcs_emulator
+from tests.rig.moto_ec2 import MotoEc2, start_moto_ec2
 from tests.rig.pgcluster import PgCluster, WalArchive, init_cluster, start_restored_cluster
 from tests.rig.s3server import S3Server, start_s3_server
 from tests.rig.tools import make_workdir, remove_workdir
@@ -43,6 +48,18 @@ def s3() -> Iterator[S3Server]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoEc2]:
+    """moto's server (EC2, KMS and S3 APIs) on loopback: what cannot run here for real."""
+    workdir = make_workdir("moto")
+    server = start_moto_ec2(workdir / "moto.log")
+    try:
+        yield server
+    finally:
+        server.stop()
+        remove_workdir(workdir)
 
 
 @pytest.fixture(scope="session")
@@ -193,15 +210,6 @@ def restore_and_check(s3: S3Server) -> Iterator[RestoreAndCheck]:
 # what the runner writes there; WAL still comes from the session's S3 archive (``wal_archive``),
 # since restore_and_check takes the WAL archive apart from the backup location.
 # ==================================================================================================
-
-import json  # noqa: E402
-import subprocess  # noqa: E402
-from typing import Any  # noqa: E402
-
-from tests.rig.azurite import AzuriteServer, start_azurite  # noqa: E402
-from tests.rig.barman import run_barman  # noqa: E402
-from tests.rig.gcs import GcsEmulator, start_gcs_emulator  # noqa: E402
-
 
 @pytest.fixture(scope="session")
 def azurite() -> Iterator[AzuriteServer]:

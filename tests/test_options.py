@@ -123,31 +123,25 @@ def test_sse_s3_encryption_is_on_every_stored_object(s3, pg, bucket):
         assert client.head_object(Bucket=bucket, Key=key)["ServerSideEncryption"] == "AES256"
 
 
-def test_sse_kms_key_is_on_every_stored_object(pg, tmp_path):
+def test_sse_kms_key_is_on_every_stored_object(pg, moto):
     """SeaweedFS has no KMS here, so this one runs against moto's S3 and KMS over HTTP."""
     import boto3
 
-    from tests.rig.moto_ec2 import start_moto_ec2
-
-    moto = start_moto_ec2(tmp_path / "moto.log")
-    try:
-        creds = {"aws_access_key_id": "moto", "aws_secret_access_key": "moto",
-                 "region_name": "us-east-1"}
-        key_id = boto3.client("kms", endpoint_url=moto.endpoint_url, **creds).create_key()[
-            "KeyMetadata"]["KeyId"]
-        s3 = boto3.client("s3", endpoint_url=moto.endpoint_url, **creds)
-        s3.create_bucket(Bucket="kms")
-        env = {"AWS_ACCESS_KEY_ID": "moto", "AWS_SECRET_ACCESS_KEY": "moto",
-               "AWS_DEFAULT_REGION": "us-east-1"}
-        result = run_runner("--endpoint-url", moto.endpoint_url, "--immediate-checkpoint",
-                            "-S", "4MB", "-e", "aws:kms", "--sse-kms-key-id", key_id,
-                            "s3://kms/k", "pg", pg=pg, env=env)
-        assert result.returncode == 0, result.stderr
-        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="kms")["Contents"]]
-        assert len(keys) > 3
-        for key in keys:
-            head = s3.head_object(Bucket="kms", Key=key)
-            assert head["ServerSideEncryption"] == "aws:kms", key
-            assert head["SSEKMSKeyId"].endswith(key_id), key
-    finally:
-        moto.stop()
+    creds = {"aws_access_key_id": "moto", "aws_secret_access_key": "moto",
+             "region_name": "us-east-1"}
+    key_id = boto3.client("kms", endpoint_url=moto.endpoint_url, **creds).create_key()[
+        "KeyMetadata"]["KeyId"]
+    s3 = boto3.client("s3", endpoint_url=moto.endpoint_url, **creds)
+    s3.create_bucket(Bucket="kms")
+    env = {"AWS_ACCESS_KEY_ID": "moto", "AWS_SECRET_ACCESS_KEY": "moto",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    result = run_runner("--endpoint-url", moto.endpoint_url, "--immediate-checkpoint",
+                        "-S", "4MB", "-e", "aws:kms", "--sse-kms-key-id", key_id,
+                        "s3://kms/k", "pg", pg=pg, env=env)
+    assert result.returncode == 0, result.stderr
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="kms")["Contents"]]
+    assert len(keys) > 3
+    for key in keys:
+        head = s3.head_object(Bucket="kms", Key=key)
+        assert head["ServerSideEncryption"] == "aws:kms", key
+        assert head["SSEKMSKeyId"].endswith(key_id), key

@@ -14,7 +14,6 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +27,9 @@ from tests.airflow_fixtures import (  # sets AIRFLOW_HOME before airflow is impo
     connection_env,
 )
 from tests.rig.barman import backup_list
-from tests.rig.moto_ec2 import MotoEc2, start_moto_ec2
+from tests.rig.moto_ec2 import MotoEc2
 from tests.rig.pgcluster import PgCluster
 from tests.rig.s3server import S3Server
-from tests.rig.tools import make_workdir, remove_workdir
 
 __all__ = ["airflow_home"]  # fixtures, used by name
 
@@ -52,17 +50,6 @@ def snapshot_dag(airflow_home: Path) -> Any:
     dag = bag.get_dag("pgcloud_snapshot_backup")
     assert dag is not None
     return dag
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoEc2]:
-    workdir = make_workdir("moto")
-    server = start_moto_ec2(workdir / "moto.log")
-    try:
-        yield server
-    finally:
-        server.stop()
-        remove_workdir(workdir)
 
 
 @pytest.fixture

@@ -57,7 +57,7 @@ from airflow_provider_pgcloud.runner.snapshots.mounts import (
 from airflow_provider_pgcloud.runner.steps import BackupOptions, BackupState
 from airflow_provider_pgcloud.runner.storage import StoreConfig, open_store
 from tests.rig.barman import backup_list, run_barman
-from tests.rig.moto_ec2 import MotoEc2, start_moto_ec2
+from tests.rig.moto_ec2 import MotoEc2
 from tests.rig.pgcluster import PgCluster
 from tests.rig.s3server import S3Server
 from tests.rig.tools import barman_bin, make_workdir, register_cleanup, remove_workdir
@@ -124,17 +124,6 @@ def one_error_line(stderr: str, text: str) -> None:
 # ==================================================================================================
 # fixtures
 # ==================================================================================================
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoEc2]:
-    workdir = make_workdir("moto")
-    server = start_moto_ec2(workdir / "moto.log")
-    try:
-        yield server
-    finally:
-        server.stop()
-        remove_workdir(workdir)
-
 
 @pytest.fixture(scope="module")
 def pgdata_device(pg: PgCluster) -> str:

@@ -35,6 +35,7 @@ from .steps import (
     BackupOptions,
     BackupState,
     backup_failed,
+    done_info,
     started_info,
     unique_backup_id,
 )
@@ -155,20 +156,9 @@ def stop_snapshot_backup(
     """Stop the backup, store backup_label as its own object, then backup.info DONE."""
     point = session.stop(f"barman_{state.backup_id}")
     store.put(label_key(state.prefix), point.backup_label.encode("utf-8"))
-    info = dict(state.info)
-    end_wal, end_offset = bi.wal_name(point.lsn, point.timeline, info["xlog_segment_size"])
     elapsed = round(time.time() - state.started_at, 6)
-    info.update(
-        status=bi.DONE,
-        backup_label=point.backup_label,
-        end_time=point.time,
-        end_xlog=point.lsn,
-        end_wal=end_wal,
-        end_offset=end_offset,
-        backup_name=state.backup_name,
-        snapshots_info=snapshots_info,
-        copy_stats={"copy_time": elapsed, "total_time": elapsed},
-    )
+    info = done_info(state, point, snapshots_info=snapshots_info,
+                     copy_stats={"copy_time": elapsed, "total_time": elapsed})
     store.put(bi.info_key(state.prefix), bi.encode(info))
     log.info("snapshot backup %s DONE: stop at %s, %.1fs in all", state.backup_id, point.lsn,
              elapsed)

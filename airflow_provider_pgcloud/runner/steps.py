@@ -31,7 +31,7 @@ from .pgdata import (
     tablespace_prefix,
     walk,
 )
-from .postgres import ClusterInfo, StartPoint
+from .postgres import ClusterInfo, StartPoint, StopPoint
 from .progress import Progress
 from .session import BackupSession
 from .sizes import format_size
@@ -331,6 +331,23 @@ def _external_config_files(state: BackupState) -> list[tuple[str, bytes, int]]:
     return files
 
 
+def done_info(state: BackupState, point: StopPoint, **fields: Any) -> dict[str, Any]:
+    """The DONE backup.info of `state`, from where pg_backup_stop left off (and `fields`)."""
+    info = dict(state.info)
+    end_wal, end_offset = bi.wal_name(point.lsn, point.timeline, info["xlog_segment_size"])
+    info.update(
+        status=bi.DONE,
+        backup_label=point.backup_label,
+        end_time=point.time,
+        end_xlog=point.lsn,
+        end_wal=end_wal,
+        end_offset=end_offset,
+        backup_name=state.backup_name,
+        **fields,
+    )
+    return info
+
+
 def stop_backup(state: BackupState, session: BackupSession, store: ObjectStore) -> dict[str, Any]:
     """Stop the backup, store pg_control and backup_label last, then write backup.info DONE.
 
@@ -364,21 +381,11 @@ def stop_backup(state: BackupState, session: BackupSession, store: ObjectStore) 
     if missing:
         raise BackupFailed(f"archive objects missing from the store: {', '.join(missing)}")
     write_index(store, state.prefix, expected_keys(state), server_of(state.prefix))
-    info = dict(state.info)
-    segment = info["xlog_segment_size"]
-    end_wal, end_offset = bi.wal_name(point.lsn, point.timeline, segment)
     elapsed = time.time() - state.started_at
-    info.update(
-        status=bi.DONE,
-        backup_label=point.backup_label,
-        end_time=point.time,
-        end_xlog=point.lsn,
-        end_wal=end_wal,
-        end_offset=end_offset,
-        backup_name=state.backup_name,
-        copy_stats={"total_time": round(elapsed, 6), "number_of_workers": state.jobs,
-                    "analysis_time": 0, "copy_time": round(elapsed, 6)},
-    )
+    info = done_info(state, point, copy_stats={
+        "total_time": round(elapsed, 6), "number_of_workers": state.jobs,
+        "analysis_time": 0, "copy_time": round(elapsed, 6),
+    })
     store.put(bi.info_key(state.prefix), bi.encode(info))
     log.info("backup %s DONE: %s planned, stop at %s, %.1fs in all",
              state.backup_id, format_size(state.planned_bytes), point.lsn, elapsed)

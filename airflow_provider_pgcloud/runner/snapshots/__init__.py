@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -233,6 +233,22 @@ def open_provider(config: SnapshotConfig, client: Any = None) -> SnapshotProvide
 def snapshot_name(disk: str, backup_id: str) -> str:
     """Barman's name, which barman-cloud-backup-delete checks before deleting a snapshot."""
     return f"{disk}-{backup_id.lower()}"
+
+
+def check_all_attached(
+    instance: str, disks: Sequence[str], volumes: Mapping[str, Volume],
+    lookup: Callable[[str], object] | None = None,
+) -> None:
+    """Raise Barman's "Disks not attached" error for any of `disks` missing from `volumes`.
+
+    `lookup` (the provider's disk lookup) runs first on each missing disk, so that a disk
+    that does not exist at all is reported as such rather than as unattached."""
+    unattached = [disk for disk in disks if disk not in volumes]
+    if lookup is not None:
+        for disk in unattached:
+            lookup(disk)
+    if unattached:
+        raise SnapshotError(f"Disks not attached to instance {instance}: {', '.join(unattached)}")
 
 
 def find_volumes(

@@ -22,6 +22,7 @@ from . import (
     SnapshotConfigError,
     SnapshotError,
     Volume,
+    check_all_attached,
     snapshot_name,
 )
 
@@ -205,11 +206,8 @@ class AwsProvider:
                 name=identifier, devices=devices, problem=problem,
                 attrs={"volume_id": volume["VolumeId"], "device_name": attachment["Device"]},
             )
-        unattached = [disk for disk in disks if disk not in volumes]
-        if fail_on_missing and unattached:
-            raise SnapshotError(
-                f"Disks not attached to instance {instance}: {', '.join(unattached)}"
-            )
+        if fail_on_missing:
+            check_all_attached(instance, disks, volumes)
         return volumes
 
     # --- the snapshots --------------------------------------------------------------------

@@ -12,7 +12,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import first_line
-from . import SnapshotConfigError, SnapshotError, Volume, missing_module, snapshot_name
+from . import (
+    SnapshotConfigError,
+    SnapshotError,
+    Volume,
+    check_all_attached,
+    missing_module,
+    snapshot_name,
+)
 
 log = logging.getLogger("pgcloud")
 
@@ -111,13 +118,7 @@ class AzureProvider:
                 problem=None if lun is not None else "Cannot resolve mounted volume: LUN unknown",
             )
         if fail_on_missing:
-            unattached = [disk for disk in disks if disk not in volumes]
-            for disk in unattached:
-                self._disk(disk)  # a disk that does not exist at all says so
-            if unattached:
-                raise SnapshotError(
-                    f"Disks not attached to instance {instance}: {', '.join(unattached)}"
-                )
+            check_all_attached(instance, disks, volumes, self._disk)
         return volumes
 
     def _snapshot(self, backup_id: str, disk: str, location: str, disk_id: str) -> str:

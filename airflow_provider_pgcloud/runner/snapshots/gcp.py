@@ -14,7 +14,13 @@ from typing import Any, NamedTuple
 from urllib.parse import urlparse
 
 from ..errors import first_line
-from . import SnapshotError, Volume, missing_module, snapshot_name
+from . import (
+    SnapshotError,
+    Volume,
+    check_all_attached,
+    missing_module,
+    snapshot_name,
+)
 
 log = logging.getLogger("pgcloud")
 
@@ -126,13 +132,7 @@ class GcpProvider:
                 problem=None if devices else "Cannot resolve mounted volume: Device path unknown",
             )
         if fail_on_missing:
-            unattached = [disk for disk in disks if disk not in volumes]
-            for disk in unattached:
-                self._disk(disk)  # a disk that does not exist at all says so
-            if unattached:
-                raise SnapshotError(
-                    f"Disks not attached to instance {instance}: {', '.join(unattached)}"
-                )
+            check_all_attached(instance, disks, volumes, self._disk)
         return volumes
 
     def _snapshot(self, backup_id: str, disk: str) -> str:

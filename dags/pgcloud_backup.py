@@ -86,8 +86,8 @@ with DAG(
             type="integer",
             minimum=1,
             title="Jobs",
-            description="Parallelism the backup is planned for (at most the database host's "
-            "cores count): the data is cut into one archive object per job, or about four per "
+            description="Parallelism the backup is planned for (counted up to the database "
+            "host's cores): the data is cut into one archive object per job, or about four per "
             "job on clusters larger than a few GiB, each uploaded by its own task.",
         ),
         "max_archive_size": Param(

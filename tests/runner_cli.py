@@ -11,6 +11,8 @@ from tests.rig.pgcluster import PgCluster
 from tests.rig.s3server import S3Server
 
 RUNNER = [sys.executable, "-m", "airflow_provider_pgcloud.runner"]
+VERIFY = [sys.executable, "-m", "airflow_provider_pgcloud.runner.verify"]
+CLEANUP = [sys.executable, "-m", "airflow_provider_pgcloud.runner.cleanup"]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

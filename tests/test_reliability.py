@@ -38,14 +38,12 @@ from airflow_provider_pgcloud.runner.storage.s3 import S3Store
 from airflow_provider_pgcloud.runner.upload import PartWriter
 from airflow_provider_pgcloud.runner.watch import SessionWatch, is_cancelled
 from tests.rig.barman import backup_list, restore
-from tests.rig.faultproxy import EveryNthPart, FaultProxy, FirstAttemptOfEveryPart, Request
+from tests.rig.faultproxy import EveryNthPart, FaultProxy, Request
 from tests.rig.pgcluster import PgCluster, start_restored_cluster
 from tests.rig.s3server import S3Server
 from tests.rig.tools import as_postgres, make_workdir, remove_workdir
-from tests.runner_cli import REPO, RUNNER, runner_env
+from tests.runner_cli import CLEANUP, REPO, RUNNER, VERIFY, runner_env
 
-CLEANUP = [*RUNNER[:-1], "airflow_provider_pgcloud.runner.cleanup"]
-VERIFY = [*RUNNER[:-1], "airflow_provider_pgcloud.runner.verify"]
 PGBIN = "/usr/lib/postgresql/15/bin"
 
 
@@ -146,7 +144,7 @@ def test_transient_classification() -> None:
 def test_every_kind_of_transient_fault_is_retried_per_part(s3: S3Server, bucket: str) -> None:
     """503 SlowDown, 500, a reset before the answer, a reset mid-body and a read timeout: the
     first attempt of every part fails, and the object is still stored byte for byte."""
-    plan = FirstAttemptOfEveryPart()
+    plan = EveryNthPart(n=1)
     data = os.urandom(26 << 20)  # six parts of 5 MiB (the last one 1 MiB)
     with FaultProxy(s3.endpoint_url, plan, hold=2.5) as proxy:
         store = store_through(s3, proxy.endpoint_url, f"s3://{bucket}/r", read_timeout=1)

@@ -40,10 +40,7 @@ from tests.conftest import RestoreAndCheck
 from tests.rig.barman import backup_list, run_barman
 from tests.rig.pgcluster import PgCluster
 from tests.rig.s3server import S3Server
-from tests.runner_cli import REPO, RUNNER, run_runner, runner_env
-
-VERIFY = [*RUNNER[:-1], "airflow_provider_pgcloud.runner.verify"]
-CLEANUP = [*RUNNER[:-1], "airflow_provider_pgcloud.runner.cleanup"]
+from tests.runner_cli import CLEANUP, REPO, VERIFY, run_runner, runner_env
 
 
 def run_tool(tool: list[str], s3: S3Server, *args: str) -> subprocess.CompletedProcess[str]:

@@ -66,7 +66,8 @@ Plan = Callable[[Request], str | None]
 @dataclass
 class EveryNthPart:
     """Fault the UploadPart requests number offset, offset+n, offset+2n... (1-based, in arrival
-    order), each part at most once (its retry goes through), cycling through `kinds`."""
+    order), each part at most once (its retry goes through), cycling through `kinds`. With
+    `n=1` the first attempt of every part fails."""
 
     n: int = 20
     offset: int = 1
@@ -82,27 +83,6 @@ class EveryNthPart:
             self.seen += 1
             if self.seen % self.n != self.offset % self.n:
                 return None
-            if any(part == request.part for _, part in self.faulted):
-                return None
-            kind = self.kinds[len(self.faulted) % len(self.kinds)]
-            self.faulted.append((kind, request.part))
-            return kind
-
-
-@dataclass
-class FirstAttemptOfEveryPart:
-    """Fault the first attempt of every UploadPart, cycling through `kinds`."""
-
-    kinds: Sequence[str] = KINDS
-    faulted: list[tuple[str, tuple[str, str, str]]] = field(default_factory=list)
-    seen: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def __call__(self, request: Request) -> str | None:
-        if not request.is_upload_part:
-            return None
-        with self._lock:
-            self.seen += 1
             if any(part == request.part for _, part in self.faulted):
                 return None
             kind = self.kinds[len(self.faulted) % len(self.kinds)]

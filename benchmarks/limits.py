@@ -2,12 +2,17 @@
 
 - `put`: one multipart PUT, through boto3's managed transfer (`upload_fileobj`), of a tar stream
   of the same files the backup reads (GNU tar into a pipe): the upload limit.
+- `ingest`: the same tar stream read into memory first (not timed), then uploaded as 16 MiB
+  parts by 4 threads, the way the runner sends them (a `bytearray` body each): what the store
+  alone can absorb, with no file read, no tar and no process start-up. No backup tool can upload
+  faster than this to this store on this machine; the timed section is reported as "seconds".
 - `codec NAME`: the same tar stream through one codec, in-process, with the library and level
   the runner uses, output counted and dropped: the compression limit of one stream on one core.
 - command-line tools (`zstd -T2 -3`, `gzip -9`...) on the same stream are run by `run.py` as shell
   pipelines, for reference.
 
-`python -m benchmarks.limits put|codec ...` prints one JSON line: {"bytes_in", "bytes_out"}.
+`python -m benchmarks.limits put|ingest|codec ...` prints one JSON line: {"bytes_in",
+"bytes_out"} (and "seconds" for `ingest`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
 from airflow_provider_pgcloud.runner.codecs import get_codec
@@ -48,17 +55,22 @@ class _Counting:
         return data
 
 
-def put(args: argparse.Namespace) -> dict[str, Any]:
+def _client(args: argparse.Namespace) -> Any:
     import boto3
-    from boto3.s3.transfer import TransferConfig
     from botocore.config import Config
 
-    client = boto3.client(
+    return boto3.client(
         "s3", endpoint_url=args.endpoint_url,
         config=Config(s3={"addressing_style": "path"}, max_pool_connections=args.concurrency,
                       request_checksum_calculation="when_required",
                       response_checksum_validation="when_required"),
     )
+
+
+def put(args: argparse.Namespace) -> dict[str, Any]:
+    from boto3.s3.transfer import TransferConfig
+
+    client = _client(args)
     config = TransferConfig(multipart_chunksize=args.part_size << 20,
                             max_concurrency=args.concurrency)
     with subprocess.Popen(tar_argv(args.pgdata, args.tablespace), stdout=subprocess.PIPE,
@@ -68,6 +80,40 @@ def put(args: argparse.Namespace) -> dict[str, Any]:
         client.upload_fileobj(source, args.bucket, args.key, Config=config)  # type: ignore[arg-type]
     size = client.head_object(Bucket=args.bucket, Key=args.key)["ContentLength"]
     return {"bytes_in": source.count, "bytes_out": size}
+
+
+def ingest(args: argparse.Namespace) -> dict[str, Any]:
+    part_size = args.part_size << 20
+    parts: list[bytearray] = []
+    with subprocess.Popen(tar_argv(args.pgdata, args.tablespace), stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, bufsize=0) as tar:
+        assert tar.stdout is not None
+        while True:
+            part = bytearray(part_size)
+            view, filled = memoryview(part), 0
+            while filled < part_size and (got := os.readv(tar.stdout.fileno(), [view[filled:]])):
+                filled += got
+            view.release()  # a bytearray with a live view cannot be resized
+            if not filled:
+                break
+            del part[filled:]
+            parts.append(part)
+    client = _client(args)
+    started = time.perf_counter()
+    upload_id = client.create_multipart_upload(Bucket=args.bucket, Key=args.key)["UploadId"]
+
+    def send(number: int) -> dict[str, Any]:
+        response = client.upload_part(Bucket=args.bucket, Key=args.key, UploadId=upload_id,
+                                      PartNumber=number, Body=parts[number - 1])
+        return {"PartNumber": number, "ETag": response["ETag"]}
+
+    with ThreadPoolExecutor(args.concurrency) as pool:
+        done = list(pool.map(send, range(1, len(parts) + 1)))
+    client.complete_multipart_upload(Bucket=args.bucket, Key=args.key, UploadId=upload_id,
+                                     MultipartUpload={"Parts": done})
+    seconds = time.perf_counter() - started
+    size = client.head_object(Bucket=args.bucket, Key=args.key)["ContentLength"]
+    return {"bytes_in": sum(map(len, parts)), "bytes_out": size, "seconds": seconds}
 
 
 def compress(args: argparse.Namespace) -> dict[str, Any]:
@@ -87,19 +133,20 @@ def compress(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.limits")
     sub = parser.add_subparsers(dest="what", required=True)
-    p = sub.add_parser("put")
-    p.add_argument("--endpoint-url", required=True)
-    p.add_argument("--part-size", type=int, default=16, help="MiB")
-    p.add_argument("--concurrency", type=int, default=4)
-    p.add_argument("bucket")
-    p.add_argument("key")
+    uploads = [sub.add_parser("put"), sub.add_parser("ingest")]
+    for u in uploads:
+        u.add_argument("--endpoint-url", required=True)
+        u.add_argument("--part-size", type=int, default=16, help="MiB")
+        u.add_argument("--concurrency", type=int, default=4)
+        u.add_argument("bucket")
+        u.add_argument("key")
     c = sub.add_parser("codec")
     c.add_argument("codec")
-    for sp in (p, c):
+    for sp in (*uploads, c):
         sp.add_argument("--tablespace", action="append", default=[])
         sp.add_argument("pgdata")
     args = parser.parse_args(argv)
-    result = put(args) if args.what == "put" else compress(args)
+    result = {"put": put, "ingest": ingest, "codec": compress}[args.what](args)
     print(json.dumps(result))
     sys.stdout.flush()
     os._exit(0)  # skip interpreter teardown: it is not part of the limit

@@ -37,16 +37,20 @@ def _bench(out: Path, *args: str) -> dict[str, Any]:
 
 @pytest.mark.timeout(TIMEOUT_S + 60)
 def test_benchmark_with_barman_and_limits(tmp_path: Path) -> None:
-    data = _bench(tmp_path, "--codecs", "gzip")
+    data = _bench(tmp_path, "--codecs", "none,gzip")
     runs = data["runs"]
     tools = {run["tool"] for run in runs}
-    assert {"runner", "barman", "raw-put", "codec"} <= tools
+    assert {"runner", "barman", "raw-put", "ingest", "codec"} <= tools
     assert all(run["ok"] for run in runs), runs
-    [row] = data["rows"]
-    assert (row["codec"], row["jobs"]) == ("gzip", 1)
-    assert row["runner_bytes"] > 0 and row["barman_bytes"] > 0
-    assert row["speedup"] is not None and row["runner_rss"] > 0
+    none, gzip = data["rows"]
+    assert (none["codec"], gzip["codec"], gzip["jobs"]) == ("none", "gzip", 1)
+    assert gzip["runner_bytes"] > 0 and gzip["barman_bytes"] > 0
+    assert gzip["speedup"] is not None and gzip["runner_rss"] > 0
     assert data["cluster"]["bytes"] > 1 << 20
+    # the store's ingest ceiling: the whole tar uploaded, compared with Barman for `none`
+    [ingest] = [run for run in runs if run["tool"] == "ingest"]
+    assert ingest["bytes_stored"] == ingest["bytes_in"] > 1 << 20
+    assert none["ceiling_vs_barman"] > 0 and len(data["ceilings"]) == 1
 
 
 @pytest.mark.timeout(TIMEOUT_S + 60)

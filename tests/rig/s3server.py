@@ -13,6 +13,10 @@ Facts learned the hard way (SeaweedFS 4.x ``weed server``):
   ``-volume.max=200`` allows only ~28 buckets. ``WEED_MASTER_VOLUME_GROWTH_COPY_1=1`` (the
   master.toml key ``volume_growth.copy_1`` via SeaweedFS's env override) makes it one volume per
   bucket, and we raise ``-volume.max`` as well;
+* volumes keep SeaweedFS's default size limit (30 GB, never reached here): with a small limit
+  (64 MB, as this rig once had) the master grows a new volume every 64 MB of upload, one at a
+  time, and uploads stall while it does; a 1.5 GB multipart upload left 20-35% of both cores
+  idle and took 1.25x as long;
 * startup takes ~3 s, mostly the single master's raft election;
 * ``-volume.preStopSeconds`` defaults to 10 s and a graceful stop still takes ~15 s, so stop()
   kills it after a 1 s grace period;
@@ -193,7 +197,6 @@ def start_s3_server(workdir: Path, *, remove_workdir_on_stop: bool = False) -> S
         "-ip.bind=127.0.0.1",
         f"-master.port={master}",
         f"-master.port.grpc={master_g}",
-        "-master.volumeSizeLimitMB=64",
         f"-volume.port={volume}",
         f"-volume.port.grpc={volume_g}",
         "-volume.max=1000",

@@ -219,7 +219,7 @@ def test_every_codec_verifies_and_any_flipped_byte_is_caught(tree: Path, codec: 
 
 
 def test_sha256_manifests_verify_too(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without google-crc32c's C extension the manifest falls back to SHA-256."""
+    """On a CPU without CRC32C instructions the manifest falls back to SHA-256."""
     monkeypatch.setattr(manifest, "default_algorithm", lambda: "SHA256")
     store, prefix = _stored_backup(tree, "zstd")
     document = json.loads(store.objects[f"{manifest_root(prefix)}/archives/data.tar.zst.json"])

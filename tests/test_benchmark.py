@@ -47,7 +47,7 @@ def test_benchmark_with_barman_and_limits(tmp_path: Path) -> None:
     assert gzip["runner_bytes"] > 0 and gzip["barman_bytes"] > 0
     assert gzip["speedup"] is not None and gzip["runner_rss"] > 0
     assert data["cluster"]["bytes"] > 1 << 20
-    # the store's ingest ceiling: the whole tar uploaded, compared with Barman for `none`
+    # the in-memory upload: the whole tar stored, compared with Barman for `none`
     [ingest] = [run for run in runs if run["tool"] == "ingest"]
     assert ingest["bytes_stored"] == ingest["bytes_in"] > 1 << 20
     assert none["ceiling_vs_barman"] > 0 and len(data["ceilings"]) == 1

@@ -52,6 +52,8 @@ import tarfile
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import crc32c
+
 from .archive import TarWriter
 from .codecs import Compressor
 from .errors import BackupFailed
@@ -74,38 +76,26 @@ class _Crc32c:
     copy, the GIL released on large ones (about 20 GB/s here; google-crc32c's Checksum does
     4.5 GB/s and wants read-only bytes, so every bytearray view had to be copied first)."""
 
-    def __init__(self, module: Any) -> None:
-        self._crc32c, self._value = module.crc32c, 0
+    def __init__(self) -> None:
+        self._value = 0
 
     def update(self, data: bytes | memoryview, /) -> None:
-        self._value = self._crc32c(data, self._value)
+        self._value = crc32c.crc32c(data, self._value)
 
     def hexdigest(self) -> str:
         return self._value.to_bytes(4, "big").hex()
 
 
-def _crc32c_module() -> Any:
-    try:
-        import crc32c
-    except ImportError:
-        return None
-    return crc32c
-
-
 def default_algorithm() -> str:
     """CRC32C when the CPU computes it (GB/s), else SHA-256 (faster than CRC32C in software)."""
-    module = _crc32c_module()
-    return "CRC32C" if module is not None and module.hardware_based else "SHA256"
+    return "CRC32C" if crc32c.hardware_based else "SHA256"
 
 
 def new_checksum(algorithm: str) -> Checksum:
     if algorithm == "SHA256":
         return hashlib.sha256()
     if algorithm == "CRC32C":
-        module = _crc32c_module()
-        if module is None:
-            raise BackupFailed("checking CRC32C checksums needs the crc32c package")
-        return _Crc32c(module)
+        return _Crc32c()
     raise BackupFailed(f"unknown checksum algorithm {algorithm!r}")
 
 

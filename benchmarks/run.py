@@ -344,7 +344,7 @@ def summarize(results: Results) -> list[dict[str, Any]]:
         row["bytes_ratio"] = (row["runner_bytes"] / row["barman_bytes"]
                               if row["runner_bytes"] and row["barman_bytes"] else None)
         row["vs_limit"] = ours / limit if ours and limit else None
-        row["ceiling_vs_barman"] = theirs / ingest if codec == "none" and theirs and ingest \
+        row["ingest_vs_barman"] = theirs / ingest if codec == "none" and theirs and ingest \
             else None
         dag = median("dag", codec, jobs)
         row["dag_s"] = dag
@@ -389,7 +389,7 @@ def check_targets(rows: list[dict[str, Any]]) -> list[tuple[str, bool]]:
     return checks
 
 
-def ceiling_notes(rows: list[dict[str, Any]]) -> list[str]:
+def ingest_notes(rows: list[dict[str, Any]]) -> list[str]:
     """For `none`: a plain upload of the same bytes from memory, against Barman's speed.
 
     Uncompressed, every tool is bound by how fast the store takes the bytes, and here the
@@ -398,9 +398,9 @@ def ceiling_notes(rows: list[dict[str, Any]]) -> list[str]:
     """
     return [
         f"none -J {row['jobs']}: boto3 uploads the same bytes from memory in "
-        f"{row['ingest_s']:.1f}s, {row['ceiling_vs_barman']:.2f}x Barman's speed "
+        f"{row['ingest_s']:.1f}s, {row['ingest_vs_barman']:.2f}x Barman's speed "
         f"(the runner: {_fmt(row['speedup'], '.2f')}x)"
-        for row in rows if row.get("ceiling_vs_barman") is not None
+        for row in rows if row.get("ingest_vs_barman") is not None
     ]
 
 
@@ -552,7 +552,7 @@ def report(path: Path) -> int:
 
 def print_verdicts(rows: list[dict[str, Any]]) -> tuple[list[tuple[str, bool]], list[str]]:
     """Print every target met or not, and the store-ingest comparisons; return both."""
-    checks, notes = check_targets(rows), ceiling_notes(rows)
+    checks, notes = check_targets(rows), ingest_notes(rows)
     for description, met in checks:
         print(f"{'met    ' if met else 'NOT MET'}  {description}")
     for note in notes:
@@ -613,7 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"bench-{int(size)}MB-{time.strftime('%Y%m%dT%H%M%S')}"
     payload = {**asdict(results), "rows": rows,
-               "targets": [{"target": d, "met": m} for d, m in checks], "ceilings": notes}
+               "targets": [{"target": d, "met": m} for d, m in checks], "ingest_notes": notes}
     (args.out / f"{stem}.json").write_text(json.dumps(payload, indent=1))
     chart(rows, args.out / f"{stem}.png", title)
     print(f"\nwrote {args.out / stem}.json and .png")

@@ -50,7 +50,7 @@ def test_benchmark_with_barman_and_limits(tmp_path: Path) -> None:
     # the in-memory upload: the whole tar stored, compared with Barman for `none`
     [ingest] = [run for run in runs if run["tool"] == "ingest"]
     assert ingest["bytes_stored"] == ingest["bytes_in"] > 1 << 20
-    assert none["ceiling_vs_barman"] > 0 and len(data["ceilings"]) == 1
+    assert none["ingest_vs_barman"] > 0 and len(data["ingest_notes"]) == 1
 
 
 @pytest.mark.timeout(TIMEOUT_S + 60)

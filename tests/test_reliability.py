@@ -2,7 +2,8 @@
 
 The store faults are real ones on the wire: a fault-injecting proxy (tests/rig/faultproxy.py)
 sits between the runner and SeaweedFS and answers 503/500, resets connections (before the
-answer and in the middle of a part's body), withholds answers until the read timeout, or stops
+answer and in the middle of a part's body), withholds answers until the read timeout, flips a
+byte of a part's body, refuses checksum headers as some S3-compatible stores do, or stops
 answering altogether. PostgreSQL is restarted with pg_ctl; the runner is SIGKILLed. Each test
 checks what Barman's tools then see and what is left in the bucket.
 """
@@ -131,6 +132,7 @@ def test_transient_classification() -> None:
     assert is_transient(be.ConnectionClosedError(endpoint_url="http://x"))
     assert is_transient(be.ReadTimeoutError(endpoint_url="http://x"))
     assert is_transient(ConnectionResetError())
+    assert is_transient(client_error("BadDigest", 400))  # the body changed on the way
     assert not is_transient(client_error("AccessDenied", 403))
     assert not is_transient(client_error("NoSuchUpload", 404))
     assert not is_transient(BackupFailed("x"))
@@ -142,8 +144,9 @@ def test_transient_classification() -> None:
 
 
 def test_every_kind_of_transient_fault_is_retried_per_part(s3: S3Server, bucket: str) -> None:
-    """503 SlowDown, 500, a reset before the answer, a reset mid-body and a read timeout: the
-    first attempt of every part fails, and the object is still stored byte for byte."""
+    """503 SlowDown, 500, a reset before the answer, a reset mid-body, a read timeout and a
+    byte flipped in the body: the first attempt of every part fails, and the object is still
+    stored byte for byte (so the store refused the corrupted part, and it was sent again)."""
     plan = EveryNthPart(n=1)
     data = os.urandom(26 << 20)  # six parts of 5 MiB (the last one 1 MiB)
     with FaultProxy(s3.endpoint_url, plan, hold=2.5) as proxy:
@@ -155,7 +158,7 @@ def test_every_kind_of_transient_fault_is_retried_per_part(s3: S3Server, bucket:
         writer.close()
         store.close()
     assert sorted({kind for kind, _ in plan.faulted}) == sorted(
-        ["503", "500", "reset", "reset-body", "timeout"])
+        ["503", "500", "reset", "reset-body", "timeout", "corrupt"])
     assert len(plan.faulted) == 6
     assert s3.get_object(bucket, "r/object") == data
     assert uploads_in_progress(s3, bucket) == []
@@ -204,6 +207,30 @@ def test_backup_completes_when_5_percent_of_part_uploads_fail_once(
     assert listed["status"] == "DONE"
     assert uploads_in_progress(s3, bucket) == []
     # the retried parts hold the right bytes: every file matches the manifest
+    check = run_tool(VERIFY, s3, url, "pg", listed["backup_id"])
+    assert check.returncode == 0, check.stderr
+
+
+def test_store_refusing_checksum_headers_gets_signed_payloads(
+    s3: S3Server, pg: PgCluster, bucket: str
+) -> None:
+    """Some S3-compatible stores answer 400 to S3's flexible-checksum headers: the backup warns
+    and falls back to SigV4-signed payloads, and what it stores is whole."""
+    def plan(request: Request) -> str | None:
+        return "no-checksums" if request.has_checksum else None
+
+    url = f"s3://{bucket}/plain"
+    with FaultProxy(s3.endpoint_url, plan) as proxy:
+        process = start_runner(proxy.endpoint_url, s3, pg, "--immediate-checkpoint", "-J", "2",
+                               "-S", "8MB", url, "pg")
+        _, stderr = process.communicate(timeout=240)
+        refused = len(proxy.injected)
+        requests = proxy.requests
+    assert process.returncode == 0, stderr
+    assert "the store refused a CRC32C checksum header (InvalidArgument" in stderr, stderr
+    assert 1 <= refused <= 3 < requests  # once per store (main process, two workers), not per part
+    [listed] = backup_list(s3, url, "pg")
+    assert listed["status"] == "DONE"
     check = run_tool(VERIFY, s3, url, "pg", listed["backup_id"])
     assert check.returncode == 0, check.stderr
 

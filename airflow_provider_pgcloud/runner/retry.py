@@ -8,10 +8,11 @@ session itself (it cannot re-send a part from the start), so its uploads say `pa
 False` and are not retried here. Everything else a backup sends (backup.info, objects smaller
 than one part, completing or aborting an upload, listings) keeps the SDK's own retries.
 
-Transient: a connection refused, reset or closed, a connect or read timeout, and the answers
-408, 429, 500, 502, 503 and 504 (S3's `SlowDown`, `InternalError`, `ServiceUnavailable`,
-Azure's `ServerBusy`, ...). Anything else (access denied, a missing bucket, a bad request) fails
-at once.
+Transient: a connection refused, reset or closed, a connect or read timeout, the answers 408,
+429, 500, 502, 503 and 504 (S3's `SlowDown`, `InternalError`, `ServiceUnavailable`, Azure's
+`ServerBusy`, ...), and S3's `BadDigest` (the store found the part's CRC32C wrong: its bytes
+changed on the way, and the engine still holds the right ones). Anything else (access denied,
+a missing bucket, a bad request) fails at once.
 
 The backoff before retry n (1, 2, ...) is a uniform random delay in [0, min(cap, base * 2**(n-1))]
 ("full jitter"), so parts that failed together do not come back together. With the defaults a
@@ -40,6 +41,7 @@ RETRY_CODES = frozenset({
     "RequestTimeoutException", "InternalError", "ServiceUnavailable", "RequestLimitExceeded",
     "TooManyRequestsException", "PriorRequestNotComplete", "ServerBusy", "OperationTimedOut",
     "InternalServerError",
+    "BadDigest",  # the part's checksum did not match: its bytes changed on the way
 })
 
 

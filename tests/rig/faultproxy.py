@@ -16,7 +16,11 @@ Fault kinds:
   "403"        answer `403 Forbidden` (AccessDenied), a permanent error;
   "reset"      read the whole request, then reset the connection (RST) instead of answering;
   "reset-body" accept the body (`100 Continue`), read half of it, then reset;
-  "timeout"    read the whole request and answer nothing for `hold` seconds, then close.
+  "timeout"    read the whole request and answer nothing for `hold` seconds, then close;
+  "corrupt"    forward the request with one byte of its body flipped (a bit error on the way:
+               the store must notice it from the part's checksum);
+  "no-checksums" answer `400 InvalidArgument`, as stores that do not know S3's
+               flexible-checksum headers answer a request that carries them.
 `blackhole(True)` makes the store unavailable: new connections are accepted and read but never
 answered, and connections being forwarded stop passing data either way.
 """
@@ -34,13 +38,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
-KINDS = ("503", "500", "reset", "reset-body", "timeout")
+KINDS = ("503", "500", "reset", "reset-body", "timeout", "corrupt")
 
 _RESPONSES = {
     "503": (b"503 Slow Down", b"SlowDown", b"Please reduce your request rate."),
     "500": (b"500 Internal Server Error", b"InternalError",
             b"We encountered an internal error. Please try again."),
     "403": (b"403 Forbidden", b"AccessDenied", b"Access Denied"),  # permanent: no retry
+    "no-checksums": (b"400 Bad Request", b"InvalidArgument",
+                     b"Unsupported header 'x-amz-checksum-crc32c' received for this API call."),
 }
 
 
@@ -54,6 +60,12 @@ class Request:
     @property
     def is_upload_part(self) -> bool:
         return self.method == "PUT" and "partNumber" in self.query and "uploadId" in self.query
+
+    @property
+    def has_checksum(self) -> bool:
+        """The request carries an S3 flexible-checksum header."""
+        return any(name.startswith(("x-amz-checksum-", "x-amz-sdk-checksum-"))
+                   for name in self.headers)
 
     @property
     def part(self) -> tuple[str, str, str]:
@@ -206,8 +218,11 @@ class FaultProxy:
             kind = self.plan(request)
             if self._blackhole.is_set():
                 self._swallow(client)
-            elif kind is None:
-                self._forward(client, head, rest)
+            elif kind is None or kind == "corrupt":
+                if kind:
+                    with self._lock:
+                        self.injected.append((kind, f"{request.method} {request.path}"))
+                self._forward(client, head, rest, corrupt=kind == "corrupt")
             else:
                 with self._lock:
                     self.injected.append((kind, f"{request.method} {request.path}"))
@@ -273,10 +288,13 @@ class FaultProxy:
         else:
             raise ValueError(f"unknown fault {kind!r}")
 
-    def _forward(self, client: socket.socket, head: bytes, rest: bytes) -> None:
+    def _forward(self, client: socket.socket, head: bytes, rest: bytes,
+                 corrupt: bool = False) -> None:
         upstream = socket.create_connection(self.upstream, timeout=10)
         self._track(upstream, True)
         try:
+            if corrupt and rest:
+                rest, corrupt = bytes([rest[0] ^ 0x01]) + rest[1:], False
             upstream.sendall(_with_connection_close(head) + rest)
             client.setblocking(False)
             upstream.setblocking(False)
@@ -302,6 +320,8 @@ class FaultProxy:
                         data = sock.recv(65536)
                     except (BlockingIOError, InterruptedError):
                         continue
+                    if corrupt and sock is client and data:
+                        data, corrupt = bytes([data[0] ^ 0x01]) + data[1:], False
                     if not data:
                         if sock is upstream:
                             if pending[client]:

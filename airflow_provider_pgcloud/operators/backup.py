@@ -61,7 +61,7 @@ TASK_MIN_ARCHIVE_SIZE = 4 << 30
 and a task costs 0.5-1 s of scheduling and start-up. A job compresses and uploads 250-350 MB/s
 with gzip or zstd, so a 4 GiB object is 12-16 s of work and the fixed cost stays near 5%; a
 retried task redoes at most that. Objects are not cut below it unless that would leave a
-parallel job without one."""
+parallel job (at most one per core) without one."""
 
 
 def snapshot_config(
@@ -89,7 +89,8 @@ class StartBackupOperator(BackupOptionsOperator):
 
     `min_archive_size` (Barman's size notation or bytes) is the smallest archive object worth
     an upload task of its own, unless there would otherwise be fewer objects than parallel
-    jobs; the data is cut into about four objects per job above it.
+    jobs (at most one per core of this host); the data is cut into about four objects per job
+    above it.
     """
 
     template_fields: Sequence[str] = (

@@ -218,14 +218,13 @@ class FaultProxy:
             kind = self.plan(request)
             if self._blackhole.is_set():
                 self._swallow(client)
-            elif kind is None or kind == "corrupt":
-                if kind:
-                    with self._lock:
-                        self.injected.append((kind, f"{request.method} {request.path}"))
-                self._forward(client, head, rest, corrupt=kind == "corrupt")
-            else:
+                return
+            if kind is not None:
                 with self._lock:
                     self.injected.append((kind, f"{request.method} {request.path}"))
+            if kind is None or kind == "corrupt":
+                self._forward(client, head, rest, corrupt=kind == "corrupt")
+            else:
                 self._fault(client, kind, request, rest)
         except OSError:
             pass

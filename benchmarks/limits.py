@@ -3,9 +3,10 @@
 - `put`: one multipart PUT, through boto3's managed transfer (`upload_fileobj`), of a tar stream
   of the same files the backup reads (GNU tar into a pipe): the upload limit.
 - `ingest`: the same tar stream read into memory first (not timed), then uploaded as 16 MiB
-  parts by 4 threads, the way the runner sends them (a `bytearray` body each): the store fed by
-  a client with no file to read, no tar to build and no process to start. Not a hard ceiling:
-  the threads share one GIL. The timed section is reported as "seconds".
+  parts by 4 threads, each a `bytearray` body as the runner sends them (but SigV4-signed, as
+  boto3 is configured for S3-compatible stores; the runner sends a CRC32C instead): the store
+  fed by a client with no file to read, no tar to build and no process to start. Not a hard
+  ceiling: the threads share one GIL. The timed section is reported as "seconds".
 - `codec NAME`: the same tar stream through one codec, in-process, with the library and level
   the runner uses, output counted and dropped: the compression limit of one stream on one core.
 - command-line tools (`zstd -T2 -3`, `gzip -9`...) on the same stream are run by `run.py` as shell

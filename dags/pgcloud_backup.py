@@ -88,7 +88,8 @@ with DAG(
             title="Jobs",
             description="Parallelism the backup is planned for (counted up to the database "
             "host's cores): the data is cut into one archive object per job, or about four per "
-            "job on clusters larger than a few GiB, each uploaded by its own task.",
+            "job on clusters larger than a few GiB, each uploaded by its own task and each "
+            "about the same work.",
         ),
         "max_archive_size": Param(
             "100GB",

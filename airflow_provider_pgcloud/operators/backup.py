@@ -90,7 +90,8 @@ class StartBackupOperator(BackupOptionsOperator):
     `min_archive_size` (Barman's size notation or bytes) is the smallest archive object worth
     an upload task of its own, unless there would otherwise be fewer objects than parallel
     jobs (at most one per core of this host); the data is cut into about four objects per job
-    above it.
+    above it. Objects are cut equal in estimated work, not bytes (runner/workload.py), and
+    the returned list starts with the most work.
     """
 
     template_fields: Sequence[str] = (

@@ -100,12 +100,9 @@ def upload_chunks(
     killed backup session fails the backup then rather than at the stop.
     """
     workers = max(1, min(worker_processes(jobs), len(state.chunks)))  # <= one per core
-    # largest first: a 1 GiB relation file is one indivisible chunk, and starting it last
-    # would leave the other workers idle while it runs
-    chunks = sorted(state.chunks, key=lambda chunk: -chunk.planned_bytes)
     cancelled: Any
     pool: Executor
-    tasks: list[Callable[[], dict[str, Any]]]
+    tasks: list[Callable[[], dict[str, Any]]]  # in plan order: most work first
     if store is None:
         context = multiprocessing.get_context("spawn")
         cancelled = context.Event()
@@ -117,7 +114,7 @@ def upload_chunks(
             initargs=(logging.getLogger().level, cancelled, bandwidth),
         )
         payload = state.to_dict()
-        tasks = [partial(_chunk_worker, payload, chunk.to_dict()) for chunk in chunks]
+        tasks = [partial(_chunk_worker, payload, chunk.to_dict()) for chunk in state.chunks]
     else:
         cancelled = threading.Event()
         throttle = (
@@ -127,7 +124,7 @@ def upload_chunks(
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chunk")
         tasks = [
             partial(_chunk_thread, state, chunk, store, cancelled, throttle)
-            for chunk in chunks
+            for chunk in state.chunks
         ]
     progress = Progress("backup", state.planned_bytes, log, interval=0)
     results: list[ChunkResult] = []

@@ -106,11 +106,15 @@ def _zstd(threads: int) -> Compressor:
 
 @dataclass(frozen=True)
 class Codec:
-    """A compression choice: its CLI name, the object suffix Barman keys on, and a factory."""
+    """A compression choice: its CLI name, the object suffix Barman keys on, a factory, and
+    what it costs: CPU ns per byte read and per byte it writes (workload.py balances chunks
+    with them; measured on the benchmark's cluster, see benchmarks/README.md item 12)."""
 
     name: str
     extension: str
     factory: Callable[[int], Compressor]
+    ns_per_input_byte: float
+    ns_per_output_byte: float
 
     @property
     def suffix(self) -> str:
@@ -124,12 +128,12 @@ class Codec:
 
 
 CODECS: dict[str, Codec] = {
-    "none": Codec("none", "", _identity),
-    "gzip": Codec("gzip", ".gz", _gzip),
-    "bzip2": Codec("bzip2", ".bz2", _bzip2),
-    "snappy": Codec("snappy", ".snappy", _snappy),
-    "lz4": Codec("lz4", ".lz4", _lz4),
-    "zstd": Codec("zstd", ".zst", _zstd),
+    "none": Codec("none", "", _identity, 0.28, 0.0),
+    "gzip": Codec("gzip", ".gz", _gzip, 1.25, 3.2),
+    "bzip2": Codec("bzip2", ".bz2", _bzip2, 14.4, 125.0),
+    "snappy": Codec("snappy", ".snappy", _snappy, 0.21, 2.8),
+    "lz4": Codec("lz4", ".lz4", _lz4, 0.28, 1.7),
+    "zstd": Codec("zstd", ".zst", _zstd, 0.53, 8.9),
 }
 
 

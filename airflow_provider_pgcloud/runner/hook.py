@@ -207,7 +207,8 @@ def upload_barman_backup(
             compression=options.compression, min_chunk_size=options.min_chunk_size,
             backup_name=None, jobs=options.jobs, info=_state_info(backup), roots=roots,
             chunks=plan_chunks(
-                roots, options.jobs, options.max_archive_size, options.min_archive_size
+                roots, options.jobs, options.max_archive_size, options.min_archive_size,
+                options.compression,
             ),
             started_at=started,
         )

@@ -226,7 +226,8 @@ def start_backup(options: BackupOptions, session: BackupSession, store: ObjectSt
     store.put(bi.info_key(prefix), bi.encode(info))
     try:
         state.chunks = plan_chunks(
-            roots, options.jobs, options.max_archive_size, options.min_archive_size
+            roots, options.jobs, options.max_archive_size, options.min_archive_size,
+            options.compression,
         )
     except BaseException as exc:
         # No state reaches the caller, so record the failure here: never leave STARTED behind.

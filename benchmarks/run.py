@@ -259,22 +259,22 @@ def schedule(codecs: Sequence[str], jobs: Sequence[int], barman: bool, limits: b
 
     For each codec: the codec alone (a limit), then for each -J the runner and Barman side by
     side (with the DAG when asked, and the raw PUT and the in-memory upload for `none`),
-    who goes first rotating from one group to the next so that none always runs on a cooler
-    or warmer machine.
+    who goes first rotating from one group to the next, and each group's order rotating from
+    one repeat to the next, so that no tool always runs in the same place. Place matters
+    here: a run that follows a long, light one (Barman's gzip) finds memory this VM has let
+    go cold and is up to 2.5 s slower (benchmarks/README.md, item 13).
     """
-    turn = 0
-    for _ in range(repeat):
-        for codec in codecs:
-            if limits and codec != "none":
+    for round_ in range(repeat):
+        for index, (codec, j) in enumerate((c, j) for c in codecs for j in jobs):
+            if limits and codec != "none" and j == jobs[0]:
                 yield "codec", codec, 0
                 if codec in CLI_CODECS:
                     yield "cli", codec, 0
-            for j in jobs:
-                group = ["runner", *(["barman"] if barman else []), *(["dag"] if dag else []),
-                         *(["raw-put", "ingest"] if limits and codec == "none" else [])]
-                turn = (turn + 1) % len(group)
-                for tool in group[turn:] + group[:turn]:
-                    yield tool, codec, j
+            group = ["runner", *(["barman"] if barman else []), *(["dag"] if dag else []),
+                     *(["raw-put", "ingest"] if limits and codec == "none" else [])]
+            turn = (index + 1 + round_) % len(group)
+            for tool in group[turn:] + group[:turn]:
+                yield tool, codec, j
 
 
 def run_all(args: argparse.Namespace, results: Results, s3: S3Server, pg: PgCluster,

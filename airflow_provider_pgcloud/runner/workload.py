@@ -79,23 +79,22 @@ class Workload:
         """The cost of everything added."""
         unsampled = self._bytes - self._sampled_bytes
         stored = self._sampled_stored + unsampled * self._default_ratio()
-        return round(self._bytes * self._codec.ns_per_input_byte + stored * self._output_ns()
-                     + self._entries * FILE_NS)
+        return self._price(self._bytes, stored, self._entries)
 
     def cost(self, entry: Entry) -> int:
         """The cost of one entry (a file of the second walk that was not added, because it is
         new, is priced at the sampled bytes' ratio)."""
-        ratio = self._ratios.get(entry.key, self._default_ratio())
         size = entry.tar_size
-        return round(size * (self._codec.ns_per_input_byte + ratio * self._output_ns())
-                     + FILE_NS)
+        return self._price(size, size * self._ratios.get(entry.key, self._default_ratio()), 1)
 
-    def _output_ns(self) -> float:
-        return self._codec.ns_per_output_byte + STORE_NS_PER_BYTE
+    def _price(self, read: float, stored: float, entries: int) -> int:
+        return round(read * self._codec.ns_per_input_byte
+                     + stored * (self._codec.ns_per_output_byte + STORE_NS_PER_BYTE)
+                     + entries * FILE_NS)
 
     def _default_ratio(self) -> float:
-        if not self._codec.ns_per_output_byte:
-            return 1.0  # stored as read
+        """The sampled bytes' ratio; 1 (stored as read) when nothing was sampled, as with no
+        compression, which `add` never samples."""
         return self._sampled_stored / self._sampled_bytes if self._sampled_bytes else 1.0
 
     def _sample(self, path: str, size: int) -> float | None:

@@ -265,16 +265,19 @@ def schedule(codecs: Sequence[str], jobs: Sequence[int], barman: bool, limits: b
     go cold and is up to 2.5 s slower (benchmarks/README.md, item 13).
     """
     for round_ in range(repeat):
-        for index, (codec, j) in enumerate((c, j) for c in codecs for j in jobs):
-            if limits and codec != "none" and j == jobs[0]:
+        turn = round_
+        for codec in codecs:
+            if limits and codec != "none":
                 yield "codec", codec, 0
                 if codec in CLI_CODECS:
                     yield "cli", codec, 0
-            group = ["runner", *(["barman"] if barman else []), *(["dag"] if dag else []),
-                     *(["raw-put", "ingest"] if limits and codec == "none" else [])]
-            turn = (index + 1 + round_) % len(group)
-            for tool in group[turn:] + group[:turn]:
-                yield tool, codec, j
+            for j in jobs:
+                group = ["runner", *(["barman"] if barman else []), *(["dag"] if dag else []),
+                         *(["raw-put", "ingest"] if limits and codec == "none" else [])]
+                turn += 1
+                first = turn % len(group)
+                for tool in group[first:] + group[:first]:
+                    yield tool, codec, j
 
 
 def run_all(args: argparse.Namespace, results: Results, s3: S3Server, pg: PgCluster,

@@ -265,33 +265,32 @@ def schedule(codecs: Sequence[str], jobs: Sequence[int], barman: bool, limits: b
     one repeat to the next, so that no tool always runs in the same place.
 
     The long, light runs (LONG_RUNS: ~100 s on one core) come last, after every repeat, so
-    that no short run ever follows one: on this VM a run that follows a long, light one finds
-    memory the host has let go cold and is up to 2.5 s slower, the DAG most of all
-    (benchmarks/README.md, item 13). Among themselves the penalty is a few percent of 100 s.
+    that no short run ever follows one: this VM drops pages nobody touched for 60 s, so a run
+    that follows a long, light one reads them back and is up to 2.5 s slower, the DAG most of
+    all (benchmarks/README.md, item 13). Among themselves the penalty is a few percent of 100 s.
     """
-    long_runs: list[tuple[str, str, int]] = []
+    runs = list(_rotation(codecs, jobs, barman, limits, repeat, dag))
+    yield from (run for run in runs if run[:2] not in LONG_RUNS)
+    yield from (run for run in runs if run[:2] in LONG_RUNS)
 
-    def run(tool: str, codec: str, j: int) -> Iterator[tuple[str, str, int]]:
-        if (tool, codec) in LONG_RUNS:
-            long_runs.append((tool, codec, j))
-        else:
-            yield tool, codec, j
 
+def _rotation(codecs: Sequence[str], jobs: Sequence[int], barman: bool, limits: bool,
+              repeat: int, dag: bool) -> Iterator[tuple[str, str, int]]:
+    """Every run of `schedule`, in the rotating order, long ones still in their place."""
     for round_ in range(repeat):
         turn = round_
         for codec in codecs:
             if limits and codec != "none":
-                yield from run("codec", codec, 0)
+                yield "codec", codec, 0
                 if codec in CLI_CODECS:
-                    yield from run("cli", codec, 0)
+                    yield "cli", codec, 0
             for j in jobs:
                 group = ["runner", *(["barman"] if barman else []), *(["dag"] if dag else []),
                          *(["raw-put", "ingest"] if limits and codec == "none" else [])]
                 turn += 1
                 first = turn % len(group)
                 for tool in group[first:] + group[:first]:
-                    yield from run(tool, codec, j)
-    yield from long_runs
+                    yield tool, codec, j
 
 
 def run_all(args: argparse.Namespace, results: Results, s3: S3Server, pg: PgCluster,

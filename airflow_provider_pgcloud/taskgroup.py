@@ -16,6 +16,10 @@ all of them must run on the database host: pass the `queue` its worker listens o
 
 from __future__ import annotations
 
+from . import _need_airflow  # noqa: F401  (first: a clear error without Airflow)
+
+# isort: split
+
 import datetime as dt
 from collections.abc import Sequence
 from typing import Any

@@ -189,7 +189,7 @@ def test_missing_sdk_is_a_clear_error(provider: str, module: str, url: str) -> N
     """Without the extra installed: exit 1 and the module to install, as Barman says it."""
     code = (
         f"import sys; sys.modules[{module!r}] = None\n"
-        "from airflow_provider_pgcloud.runner.cli import main\n"
+        "from airflow_provider_pgcloud.runner.cli.backup import main\n"
         f"sys.exit(main(['--cloud-provider', {provider!r}, '-t', {url!r}, 'pg']))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from airflow_provider_pgcloud.runner import steps
+from airflow_provider_pgcloud.runner.sources import local
 from tests.airflow_fixtures import (  # sets AIRFLOW_HOME; airflow itself is imported lazily
     AIRFLOW_ENV,
     AIRFLOW_HOME,
@@ -608,7 +609,7 @@ def test_upload_tasks_fail_fast_when_the_database_session_is_lost(
 ) -> None:
     """The backup's session is killed as the first upload starts: that upload fails at once
     (before storing its object) with the reason, the others fail too, and the backup is FAILED."""
-    real_walk = steps.walk
+    real_walk = local.walk
     killed: list[int] = []
 
     def walk_after_killing_the_session(*args: Any, **kwargs: Any) -> Any:
@@ -618,7 +619,7 @@ def test_upload_tasks_fail_fast_when_the_database_session_is_lost(
             killed.append(len(rows))
         return real_walk(*args, **kwargs)
 
-    monkeypatch.setattr(steps, "walk", walk_after_killing_the_session)
+    monkeypatch.setattr(local, "walk", walk_after_killing_the_session)
     dag_run = run_dag(get_dag(bag, "pgcloud_test_no_retry"), run_conf(bucket))
     assert killed == [1]
     assert str(dag_run.state) == "failed"

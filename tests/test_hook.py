@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_pgcloud.runner import hook
+from airflow_provider_pgcloud.runner import barman_hook as hook
 from airflow_provider_pgcloud.runner.errors import BackupFailed
-from airflow_provider_pgcloud.runner.pgdata import walk
+from airflow_provider_pgcloud.runner.sources.local import walk
 from airflow_provider_pgcloud.runner.steps import BackupOptions
 from airflow_provider_pgcloud.runner.storage import StoreConfig
 from tests.conftest import RestoreAndCheck

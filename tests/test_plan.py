@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_pgcloud.runner.pgdata import DATA, ArchiveRoot, plan_chunks, walk
+from airflow_provider_pgcloud.runner.layout import DATA
+from airflow_provider_pgcloud.runner.plan import plan_chunks
+from airflow_provider_pgcloud.runner.sources.local import ArchiveRoot, walk
 
 MIB = 1 << 20
 

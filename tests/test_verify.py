@@ -24,15 +24,12 @@ from typing import Any
 import pytest
 
 from airflow_provider_pgcloud.runner import backup_info as bi
-from airflow_provider_pgcloud.runner import manifest
+from airflow_provider_pgcloud.runner import layout, manifest
 from airflow_provider_pgcloud.runner.codecs import CODECS, get_codec
-from airflow_provider_pgcloud.runner.manifest import (
-    ManifestTarWriter,
-    index_key,
-    manifest_root,
-    write_index,
-)
-from airflow_provider_pgcloud.runner.pgdata import DATA, ArchiveRoot, plan_chunks
+from airflow_provider_pgcloud.runner.layout import DATA, index_key, manifest_root
+from airflow_provider_pgcloud.runner.manifest import ManifestTarWriter, write_index
+from airflow_provider_pgcloud.runner.plan import plan_chunks
+from airflow_provider_pgcloud.runner.sources.local import ArchiveRoot
 from airflow_provider_pgcloud.runner.steps import BackupState, upload_chunk
 from airflow_provider_pgcloud.runner.storage import StoreConfig
 from airflow_provider_pgcloud.runner.verify import VerifyFailed, verify_backup
@@ -182,7 +179,7 @@ def tree(tmp_path: Path) -> Path:
 
 def _stored_backup(tree: Path, codec: str) -> tuple[MemoryStore, str]:
     store = MemoryStore()
-    prefix = bi.backup_prefix(store.base_path, "srv", BACKUP_ID)
+    prefix = layout.backup_prefix(store.base_path, "srv", BACKUP_ID)
     roots = [ArchiveRoot(DATA, str(tree))]
     state = BackupState(
         backup_id=BACKUP_ID, prefix=prefix, store=StoreConfig("s3://mem/p"),
@@ -193,7 +190,7 @@ def _stored_backup(tree: Path, codec: str) -> tuple[MemoryStore, str]:
     assert len(state.chunks) >= 2
     keys = [upload_chunk(state, chunk, store).key for chunk in state.chunks]  # type: ignore[arg-type]
     write_index(store, prefix, keys, "srv")  # type: ignore[arg-type]
-    store.put(bi.info_key(prefix), bi.encode({"status": bi.DONE, "version": 150000}))
+    store.put(layout.info_key(prefix), bi.encode({"status": bi.DONE, "version": 150000}))
     return store, prefix
 
 
@@ -322,7 +319,7 @@ def test_verify_and_cleanup_on_azure_and_gcs(
     config = StoreConfig(emulator.url(container, "v"), cloud_provider=emulator.provider)
     store: Any = open_store(config)
     try:
-        prefix = bi.backup_prefix(store.base_path, "srv", BACKUP_ID)
+        prefix = layout.backup_prefix(store.base_path, "srv", BACKUP_ID)
         roots = [ArchiveRoot(DATA, str(tree))]
         state = BackupState(
             backup_id=BACKUP_ID, prefix=prefix, store=config, compression="gzip",
@@ -332,7 +329,7 @@ def test_verify_and_cleanup_on_azure_and_gcs(
         )
         keys = [upload_chunk(state, chunk, store).key for chunk in state.chunks]
         write_index(store, prefix, keys, "srv")
-        store.put(bi.info_key(prefix), bi.encode({"status": bi.DONE, "version": 150000}))
+        store.put(layout.info_key(prefix), bi.encode({"status": bi.DONE, "version": 150000}))
         assert verify_backup(store, "srv", BACKUP_ID).files == 5
 
         # a multipart object streams back whole
@@ -359,7 +356,7 @@ def test_verify_and_cleanup_on_azure_and_gcs(
             assert list(store.list_uploads("v/srv/")) == []
 
         # the backup deleted the way barman-cloud-backup-delete does: its manifest is orphaned
-        for key in [*keys, bi.info_key(prefix)]:
+        for key in [*keys, layout.info_key(prefix)]:
             store.delete(key)
         report = clean_server(store, "srv")
         assert report.removed_manifests == [BACKUP_ID] and not report.errors

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from .. import _need_airflow  # noqa: F401  (first: a clear error without Airflow)
+
+# isort: split
+
 from .pgcloud import (
-    CLOUD_PROVIDERS,
     DEFAULT_AWS_CONN_ID,
     DEFAULT_GCP_CONN_ID,
     DEFAULT_POSTGRES_CONN_ID,
@@ -13,7 +16,6 @@ from .pgcloud import (
 )
 
 __all__ = [
-    "CLOUD_PROVIDERS",
     "DEFAULT_AWS_CONN_ID",
     "DEFAULT_GCP_CONN_ID",
     "DEFAULT_POSTGRES_CONN_ID",

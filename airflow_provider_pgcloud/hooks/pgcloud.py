@@ -15,17 +15,14 @@ import psycopg2.extensions
 from airflow.sdk import BaseHook
 
 from ..runner.snapshots import SnapshotConfig, SnapshotProvider, open_provider
-from ..runner.storage import ObjectStore, StoreConfig, open_store
+from ..runner.storage import ObjectStore, StoreConfig, backend, open_store
+from ..runner.storage.registry import AZURE_BLOB, GOOGLE_STORAGE
 
 DEFAULT_POSTGRES_CONN_ID = "pgcloud_postgres"
 DEFAULT_AWS_CONN_ID = "aws_default"
 DEFAULT_WASB_CONN_ID = "wasb_default"
 DEFAULT_GCP_CONN_ID = "google_cloud_default"
 
-AWS_S3 = "aws-s3"
-AZURE_BLOB = "azure-blob-storage"
-GOOGLE_STORAGE = "google-cloud-storage"
-CLOUD_PROVIDERS = (AWS_S3, AZURE_BLOB, GOOGLE_STORAGE)
 
 # libpq keywords a connection's extra may set. Secrets (password, sslpassword) are never taken
 # from the extra, and application_name is the engine's ("pgcloud_backup").
@@ -87,17 +84,9 @@ class PgCloudHook(BaseHook):
         self.wasb_conn_id = wasb_conn_id
         self.gcp_conn_id = gcp_conn_id
 
-    @staticmethod
-    def check_provider(cloud_provider: str) -> None:
-        if cloud_provider not in CLOUD_PROVIDERS:
-            raise ValueError(
-                f"unknown cloud_provider {cloud_provider!r}: expected one of "
-                f"{', '.join(CLOUD_PROVIDERS)}"
-            )
-
     def open_store(self, config: StoreConfig) -> ObjectStore:
         """The engine's store for `config`, authenticated through the Airflow connection."""
-        self.check_provider(config.cloud_provider)
+        backend(config.cloud_provider)  # ValueError naming the known ones
         if config.cloud_provider == AZURE_BLOB:
             from airflow.providers.microsoft.azure.hooks.wasb import WasbHook
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from .. import _need_airflow  # noqa: F401  (first: a clear error without Airflow)
+
+# isort: split
+
 from .backup import (
     CHUNK_LABEL,
     StartBackupOperator,

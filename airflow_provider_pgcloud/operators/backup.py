@@ -13,8 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,31 +21,21 @@ from airflow.sdk import Context
 from ..hooks import postgres_conninfo
 from ..runner import backup_info as bi
 from ..runner import steps
-from ..runner.cleanup import clean_after_backup
-from ..runner.errors import BackupFailed, first_line
-from ..runner.pgdata import Chunk
+from ..runner import values as v
+from ..runner.plan import Chunk
 from ..runner.session import DEFAULT_DEADLINE_SECONDS, KeeperClient
-from ..runner.sizes import format_size
-from ..runner.snapshot_backup import (
-    start_snapshot_backup,
-    stop_snapshot_backup,
-    take_disk_snapshots,
-)
+from ..runner.snapshot_backup import start_snapshot_backup, take_disk_snapshots
 from ..runner.snapshots import SnapshotConfig, config_from_values
-from ..runner.steps import BackupState
-from ..runner.storage import ObjectStore
+from ..runner.teardown import finish_backup
 from ..runner.watch import SessionWatch
-from . import _values as v
 from .base import (
     STATE_KEY,
     BackupOptionsOperator,
     PgCloudBaseOperator,
-    server_name_of,
     state_from_xcom,
     state_to_xcom,
 )
 
-log = logging.getLogger("pgcloud")
 WATCH_SECONDS = 10.0
 """How often a running upload task checks that the backup's database session is alive."""
 
@@ -71,7 +59,7 @@ def snapshot_config(
 ) -> SnapshotConfig | None:
     """The rendered snapshot arguments as the engine's options; None if none are given."""
     return config_from_values(
-        cloud_provider, instance, v.as_list(disks), v._literal(options),
+        cloud_provider, instance, v.as_list(disks), v.literal(options),
         compression=compression, kms_key_name=kms_key_name, tags=tags,
     )
 
@@ -257,85 +245,20 @@ class StopBackupAndUploadLabelOperator(PgCloudBaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         state = state_from_xcom(self.state, self.chunks)
-        results = self._upload_results(context)
-        problem = self._problem(context, state, results)
-        snapshots = (context["ti"].xcom_pull(task_ids=self.snapshot_task_id)
-                     if self.snapshot_task_id else None)
-        snapshots_info = snapshots.get("snapshots_info") if isinstance(snapshots, dict) else None
-        if snapshots_info:  # a FAILED backup.info records them too, for barman-cloud-backup-delete
-            state.info["snapshots_info"] = snapshots_info
-        keeper = KeeperClient(state.session_address or "")
+        ti = context["ti"]
+        pulled = ti.xcom_pull(task_ids=self.upload_task_id)
+        results = [item for item in (pulled if isinstance(pulled, list) else [pulled])
+                   if isinstance(item, dict)]
+        snapshot = ti.xcom_pull(task_ids=self.snapshot_task_id) if self.snapshot_task_id \
+            else None
         with contextlib.closing(self.hook.open_store(state.store)) as store:
-            if not self._already_finished(state, store):
-                if problem:
-                    steps.fail_backup(state, store, problem, keeper)
-                    raise BackupFailed(problem)
-                self._stop(state, store, keeper, snapshots_info)
-                clean_after_backup(store, server_name_of(state), state.backup_id)
-        self._log_total(state, results)
+            finish_backup(state, store, KeeperClient(state.session_address or ""),
+                          results=results, snapshots_expected=bool(self.snapshot_task_id),
+                          snapshot_result=snapshot if isinstance(snapshot, dict) else None)
         self.emit_backup_asset(
-            context, state.store.destination_url, server_name_of(state), state.backup_id
+            context, state.store.destination_url, state.server_name, state.backup_id
         )
         return {"backup_id": state.backup_id, "status": bi.DONE}
-
-    def _upload_results(self, context: Context) -> list[dict[str, Any]]:
-        pulled = context["ti"].xcom_pull(task_ids=self.upload_task_id)
-        items = pulled if isinstance(pulled, list) else [pulled]
-        return [item for item in items if isinstance(item, dict)]
-
-    def _problem(
-        self, context: Context, state: BackupState, results: list[dict[str, Any]]
-    ) -> str | None:
-        """Why the backup cannot be completed, or None if every step succeeded."""
-        done = {result["name"] for result in results}
-        missing = [chunk.name for chunk in state.chunks if chunk.name not in done]
-        if missing:
-            names = ", ".join(missing[:10]) + (", ..." if len(missing) > 10 else "")
-            return (f"failure uploading data ({len(missing)} of {len(state.chunks)} archive "
-                    f"objects not uploaded: {names})")
-        if self.snapshot_task_id and context["ti"].xcom_pull(task_ids=self.snapshot_task_id) \
-                is None:
-            return "failure taking disk snapshots (the snapshot task did not succeed)"
-        return None
-
-    def _stop(self, state: BackupState, store: ObjectStore, keeper: KeeperClient,
-              snapshots_info: dict[str, Any] | None = None) -> None:
-        try:
-            if snapshots_info:
-                stop_snapshot_backup(state, snapshots_info, keeper, store)
-            else:
-                steps.stop_backup(state, keeper, store)
-        except BaseException as exc:
-            steps.fail_backup(
-                state, store, f"failure stopping the backup ({first_line(exc)})", keeper
-            )
-            raise
-
-    def _already_finished(self, state: BackupState, store: ObjectStore) -> bool:
-        """True if backup.info is already DONE (a re-run teardown); raise if it is FAILED."""
-        try:
-            info = bi.decode(store.get(bi.info_key(state.prefix)))
-        except Exception:  # unreadable: act as if it were still STARTED
-            return False
-        if info.get("status") == bi.FAILED:
-            raise BackupFailed(f"backup {state.backup_id} already FAILED: {info.get('error')}")
-        if info.get("status") == bi.DONE:
-            self.log.info("backup %s is already DONE; nothing to do", state.backup_id)
-            return True
-        return False
-
-    @staticmethod
-    def _log_total(state: BackupState, results: list[dict[str, Any]]) -> None:
-        """The whole backup's progress line, through the engine's logger like the others."""
-        raw = sum(int(result["raw_bytes"]) for result in results)
-        stored = sum(int(result["stored_bytes"]) for result in results)
-        elapsed = max(time.time() - state.started_at, 1e-6)
-        log.info(
-            "backup %s: %s of %s planned (%.0f%%) in %d archive objects, %s stored, "
-            "in %.1fs, %.1f MB/s", state.backup_id, format_size(raw),
-            format_size(state.planned_bytes), 100 * raw / max(state.planned_bytes, 1),
-            len(results), format_size(stored), elapsed, raw / elapsed / 1e6,
-        )
 
 
 __all__ = [

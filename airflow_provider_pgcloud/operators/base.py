@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
@@ -16,11 +15,16 @@ from ..hooks import (
     DEFAULT_WASB_CONN_ID,
     PgCloudHook,
 )
+from ..runner import values as v
 from ..runner.backup_info import check_backup_name
 from ..runner.codecs import get_codec
-from ..runner.steps import DEFAULT_MIN_CHUNK_SIZE, BackupOptions, BackupState
-from ..runner.storage import StoreConfig
-from . import _values as v
+from ..runner.steps import (
+    DEFAULT_MAX_ARCHIVE_SIZE,
+    DEFAULT_MIN_CHUNK_SIZE,
+    BackupOptions,
+    BackupState,
+)
+from ..runner.storage.base import store_options
 
 STATE_KEY = "state"
 """XCom key of the started backup (BackupState without its chunk list)."""
@@ -38,11 +42,6 @@ def state_to_xcom(state: BackupState) -> dict[str, Any]:
 
 def state_from_xcom(state: dict[str, Any], chunks: Sequence[dict[str, Any]] = ()) -> BackupState:
     return BackupState.from_dict({**state, "chunks": list(chunks)})
-
-
-def server_name_of(state: BackupState) -> str:
-    """`<path>/<server>/base/<backup_id>` -> `<server>`."""
-    return posixpath.basename(posixpath.dirname(posixpath.dirname(state.prefix)))
 
 
 def backup_asset(destination_url: str, server_name: str) -> Asset:
@@ -96,20 +95,28 @@ class PgCloudBaseOperator(BaseOperator):
         self.log.info("asset %s updated with backup %s", asset.uri, backup_id)
 
 
+STORE_OPTIONS: tuple[str, ...] = tuple(
+    spec.name for spec, option in store_options() if not option.credential
+)
+"""The store options an operator takes, as keyword arguments named like StoreConfig's fields
+(declared there; the credential options are the connections' business)."""
+
+
 class BackupOptionsOperator(PgCloudBaseOperator):
     """The options of a backup, as barman-cloud-backup takes them, all templated.
 
     Values may be native or rendered text (`"{{ params.jobs }}"` renders as `"2"`); sizes use
     Barman's notation (`"8MB"`). `compression` is `none`, `gzip`, `bzip2`, `snappy`, `lz4` or
-    `zstd`. `tags` are KEY,VALUE strings, pairs or a mapping (S3 object tags, Azure blob index
-    tags, GCS metadata). `endpoint_url`, `encryption` and `sse_kms_key_id` are for aws-s3,
-    `encryption_scope` for azure-blob-storage, `kms_key_name` for google-cloud-storage.
+    `zstd`. The store options are keyword arguments named as in StoreConfig: `cloud_provider`
+    (default aws-s3), `read_timeout`, `tags` (KEY,VALUE strings, pairs or a mapping: S3 object
+    tags, Azure blob index tags, GCS metadata); `endpoint_url`, `encryption` and
+    `sse_kms_key_id` for aws-s3, `encryption_scope` for azure-blob-storage, `kms_key_name` for
+    google-cloud-storage.
     """
 
     template_fields: Sequence[str] = (
-        "destination_url", "server_name", "cloud_provider", "compression", "jobs",
-        "max_archive_size", "min_chunk_size", "immediate_checkpoint", "backup_name", "tags",
-        "endpoint_url", "encryption", "sse_kms_key_id", "encryption_scope", "kms_key_name",
+        "destination_url", "server_name", "compression", "jobs", "max_archive_size",
+        "min_chunk_size", "immediate_checkpoint", "backup_name", *STORE_OPTIONS,
     )
 
     def __init__(
@@ -118,62 +125,35 @@ class BackupOptionsOperator(PgCloudBaseOperator):
         destination_url: str,
         server_name: str,
         postgres_conn_id: str = DEFAULT_POSTGRES_CONN_ID,
-        cloud_provider: str = "aws-s3",
         compression: str | None = None,
         jobs: int | str = 2,
-        max_archive_size: int | str = "100GB",
+        max_archive_size: int | str = DEFAULT_MAX_ARCHIVE_SIZE,
         min_chunk_size: int | str = DEFAULT_MIN_CHUNK_SIZE,
         immediate_checkpoint: bool | str = False,
         backup_name: str | None = None,
-        tags: Any = None,
-        endpoint_url: str | None = None,
-        encryption: str | None = None,
-        sse_kms_key_id: str | None = None,
-        encryption_scope: str | None = None,
-        kms_key_name: str | None = None,
-        read_timeout: int = 60,
         **kwargs: Any,
     ) -> None:
+        store = {name: kwargs.pop(name, None) for name in STORE_OPTIONS}
         super().__init__(**kwargs)
+        for name, value in store.items():
+            setattr(self, name, value)
         self.destination_url = destination_url
         self.server_name = server_name
         self.postgres_conn_id = postgres_conn_id
-        self.cloud_provider = cloud_provider
         self.compression = compression
         self.jobs = jobs
         self.max_archive_size = max_archive_size
         self.min_chunk_size = min_chunk_size
         self.immediate_checkpoint = immediate_checkpoint
         self.backup_name = backup_name
-        self.tags = tags
-        self.endpoint_url = endpoint_url
-        self.encryption = encryption
-        self.sse_kms_key_id = sse_kms_key_id
-        self.encryption_scope = encryption_scope
-        self.kms_key_name = kms_key_name
-        self.read_timeout = read_timeout
 
     def backup_options(self) -> BackupOptions:
         """The rendered fields as the engine's options; raises ValueError on bad input."""
-        cloud_provider = str(self.cloud_provider).strip()
-        PgCloudHook.check_provider(cloud_provider)
+        store = v.store_config(self.destination_url,
+                               {name: getattr(self, name) for name in STORE_OPTIONS})
         compression = v.as_compression(self.compression)
         get_codec(compression)
         backup_name = v.optional_str(self.backup_name)
-        encryption = v.optional_str(self.encryption)
-        if encryption not in (None, "AES256", "aws:kms"):
-            raise ValueError(f"encryption must be AES256 or aws:kms, not {encryption!r}")
-        store = StoreConfig(
-            destination_url=str(self.destination_url).strip(),
-            cloud_provider=cloud_provider,
-            endpoint_url=v.optional_str(self.endpoint_url),
-            read_timeout=int(self.read_timeout),
-            encryption=encryption,
-            sse_kms_key_id=v.optional_str(self.sse_kms_key_id),
-            tags=v.as_tags(self.tags),
-            encryption_scope=v.optional_str(self.encryption_scope),
-            kms_key_name=v.optional_str(self.kms_key_name),
-        )
         return BackupOptions(
             server_name=str(self.server_name).strip(),
             store=store,

@@ -9,10 +9,10 @@ from typing import Any
 from airflow.sdk import Context
 
 from ..hooks import postgres_conninfo
+from ..runner import values as v
 from ..runner.backup import run_backup
 from ..runner.session import LocalSession
 from ..runner.steps import BackupOptions
-from . import _values as v
 from .base import BackupOptionsOperator
 
 

@@ -1,10 +1,10 @@
-"""`python -m airflow_provider_pgcloud.runner`: a drop-in for barman-cloud-backup."""
+"""`python -m airflow_provider_pgcloud.runner`: pgcloud-backup, barman-cloud-backup's drop-in."""
 
 from __future__ import annotations
 
 import sys
 
-from .cli import main
+from .cli.backup import main
 
 if __name__ == "__main__":
     sys.exit(main())

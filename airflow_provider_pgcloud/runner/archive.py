@@ -1,9 +1,11 @@
-"""A streaming tar writer: members go straight from disk through a compressor to a sink.
+"""A streaming tar writer: members go straight from their source through a compressor to a sink.
 
 Python's `tarfile` in stream mode copies through its own buffers and cannot pad a file that
 shrinks while it is read; this writer builds PAX headers with `tarfile.TarInfo` and moves the
 data itself, in large blocks, so a 1 GiB relation costs a handful of system calls and the
 compressor sees big buffers.
+
+What goes in is a `Member` from a source (sources/): today the cluster's files on disk.
 """
 
 from __future__ import annotations
@@ -16,12 +18,35 @@ import tarfile
 import time
 from collections.abc import Callable
 from functools import cache
+from typing import Protocol
 
 from .codecs import Compressor
 
 BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
 READ_SIZE = 1 << 20
+
+MEMBER_TYPES = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.DIRTYPE: "dir",
+                tarfile.SYMTYPE: "symlink"}
+
+
+def member_type(kind: bytes) -> str:
+    """A tar member type as the manifest names it: `file`, `dir`, `symlink`."""
+    return MEMBER_TYPES.get(kind, kind.decode(errors="replace"))
+
+
+class Member(Protocol):
+    """One member a source hands to the archive: a directory, a symlink or a regular file on
+    disk, with the metadata its header records. A file's data is read when it is archived."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def st(self) -> os.stat_result: ...
 
 
 @cache
@@ -71,6 +96,15 @@ class TarWriter:
         info.linkname = linkname
         self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
         self.members += 1
+
+    def add(self, member: Member) -> bool:
+        """Add a member by its type; False if it vanished before it could be read."""
+        if stat.S_ISDIR(member.st.st_mode):
+            self.add_dir(member.name, member.st)
+            return True
+        if stat.S_ISLNK(member.st.st_mode):
+            return self.add_symlink(member.name, member.path, member.st)
+        return self.add_file(member.name, member.path)
 
     def add_dir(self, name: str, st: os.stat_result) -> None:
         self._header(name, st, tarfile.DIRTYPE)

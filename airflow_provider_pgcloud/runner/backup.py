@@ -26,14 +26,14 @@ from typing import Any
 
 from .cleanup import clean_after_backup
 from .cpu import worker_processes
-from .pgdata import Chunk
+from .phases import Phases, record_failure
+from .plan import Chunk
 from .progress import Progress, configure_logging
 from .session import BackupSession, LocalSession
 from .steps import (
     BackupOptions,
     BackupState,
     ChunkResult,
-    backup_failed,
     start_backup,
     stop_backup,
     upload_chunk,
@@ -160,20 +160,15 @@ def run_backup(
     session = session or LocalSession(options.conninfo)
     upload_store = store
     store = store or open_store(options.store)
-    state: BackupState | None = None
-    phase = "starting the backup"
     try:
-        state = start_backup(options, session, store)
-        phase = "uploading data"
-        upload_chunks(state, options.jobs, session, upload_store, options.max_bandwidth,
-                      options.keepalive_interval)
-        phase = "stopping the backup"
-        stop_backup(state, session, store)
-    except BaseException as exc:
-        if state is None:
-            raise
-        raise backup_failed(state, store, phase, exc, session) from exc
-    else:
+        with Phases(record_failure(store, session)) as phases:
+            phases.enter("starting the backup")
+            state = phases.state = start_backup(options, session, store)
+            phases.enter("uploading data")
+            upload_chunks(state, options.jobs, session, upload_store, options.max_bandwidth,
+                          options.keepalive_interval)
+            phases.enter("stopping the backup")
+            stop_backup(state, session, store)
         clean_after_backup(store, options.server_name, state.backup_id)
         return state.backup_id
     finally:

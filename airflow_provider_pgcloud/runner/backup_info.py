@@ -1,4 +1,4 @@
-"""Barman-compatible `backup.info` and object keys.
+"""Barman-compatible `backup.info`: its fields, their encoding, and the names it accepts.
 
 Barman's reader refuses an unknown key for *every* backup in the catalog, so only Barman's own
 field names are written, each encoded the way `barman.infofile` loads it. Keys whose value is
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import ast
 import datetime as dt
-import posixpath
-import re
 from typing import Any
+
+from .layout import is_backup_id
 
 # Barman 3.20's BackupInfo fields, by how their values are written.
 _PLAIN = frozenset(
@@ -35,8 +35,6 @@ _LITERAL = frozenset(
 FIELDS = _PLAIN | _INT | _TIME | _LITERAL
 
 STARTED, DONE, FAILED = "STARTED", "DONE", "FAILED"
-BACKUP_ID_FORMAT = "%Y%m%dT%H%M%S"
-_BACKUP_ID = re.compile(r"^\d{8}T\d{6}$")
 RESERVED_NAMES = frozenset(
     {"latest", "last", "oldest", "first", "last-failed", "latest-full", "last-full", "auto"}
 )
@@ -81,15 +79,6 @@ def decode(data: bytes) -> dict[str, Any]:
     return info
 
 
-def new_backup_id(now: dt.datetime | None = None) -> str:
-    """Barman's backup ID: the client's local time to the second."""
-    return (now or dt.datetime.now()).strftime(BACKUP_ID_FORMAT)
-
-
-def is_backup_id(value: str) -> bool:
-    return bool(_BACKUP_ID.match(value))
-
-
 def check_backup_name(name: str) -> str:
     """Refuse names Barman cannot resolve back to a backup, with Barman's messages."""
     if not name:
@@ -99,19 +88,6 @@ def check_backup_name(name: str) -> str:
     if name in RESERVED_NAMES:
         raise ValueError(f"Backup name '{name}' is not allowed: reserved word")
     return name
-
-
-def backup_prefix(base_path: str, server_name: str, backup_id: str) -> str:
-    """`<path>/<server>/base/<backup_id>`: the directory of one backup's objects."""
-    return posixpath.join(base_path, server_name, "base", backup_id)
-
-
-def archive_key(prefix: str, stem: str, suffix: str) -> str:
-    return f"{prefix}/{stem}{suffix}"
-
-
-def info_key(prefix: str) -> str:
-    return f"{prefix}/backup.info"
 
 
 def wal_name(lsn: str, timeline: int, segment_size: int) -> tuple[str, int]:

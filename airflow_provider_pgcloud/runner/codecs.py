@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import bz2
 import importlib
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Protocol
+from typing import Any, Protocol
 
 from .cpu import usable_cores, worker_processes
-from .errors import BackupFailed
+from .errors import missing_module
 
 GZIP_LEVEL = 3  # ISA-L's highest level; its 1 and 2 are faster but store a few % more
 ZSTD_LEVEL = 2
@@ -39,11 +40,66 @@ class Compressor(Protocol):
     def flush(self) -> bytes: ...
 
 
+class Decompressor(Protocol):
+    """Reads back one object's single compression stream; what follows its end is counted in
+    `trailing` (barman-cloud-restore silently ignores it, verify reports it)."""
+
+    trailing: int
+
+    def feed(self, data: bytes, /) -> bytes: ...
+
+    def finish(self) -> bytes:
+        """The rest; raises ValueError if the stream was cut short."""
+        ...
+
+
 class _Identity:
+    trailing = 0
+
     def compress(self, data: bytes, /) -> bytes:
         return data
 
     def flush(self) -> bytes:
+        return b""
+
+    def feed(self, data: bytes, /) -> bytes:
+        return data
+
+    def finish(self) -> bytes:
+        return b""
+
+
+class _Stream:
+    """A library decompressor with `decompress`, `eof` and `unused_data` (zlib's shape), or,
+    with `flushes`, one that ends with `flush()` and knows no end of stream (snappy framing)."""
+
+    def __init__(self, name: str, decompressor: Any, *, flushes: bool = False) -> None:
+        self._name, self._d, self._flushes = name, decompressor, flushes
+        self.trailing = 0
+        self._ended = False
+
+    def feed(self, data: bytes, /) -> bytes:
+        if self._ended:
+            self.trailing += len(data)
+            return b""
+        try:
+            out: bytes = self._d.decompress(data)
+        except Exception as exc:  # each library has its own error type (lz4: RuntimeError)
+            raise ValueError(f"corrupt {self._name} data: {exc}") from None
+        if not self._flushes and self._d.eof:
+            self._ended = True
+            self.trailing += len(self._d.unused_data or b"")
+        return out
+
+    def finish(self) -> bytes:
+        if self._flushes:
+            try:
+                tail: bytes = self._d.flush()
+            except Exception as exc:
+                raise ValueError(f"corrupt {self._name} data: {exc}") from None
+            return tail
+        if not self._ended:
+            raise ValueError("the compressed stream ends early")
         return b""
 
 
@@ -70,7 +126,7 @@ def _import(module: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise BackupFailed(f"Missing required python module: {module.split('.')[0]}") from None
+        raise missing_module(module.split(".")[0]) from None
 
 
 def _identity(threads: int) -> Compressor:
@@ -104,15 +160,41 @@ def _zstd(threads: int) -> Compressor:
     return compressor
 
 
+def _read_identity() -> Decompressor:
+    return _Identity()
+
+
+def _read_gzip() -> Decompressor:
+    return _Stream("gzip", zlib.decompressobj(16 + zlib.MAX_WBITS))
+
+
+def _read_bzip2() -> Decompressor:
+    return _Stream("bzip2", bz2.BZ2Decompressor())
+
+
+def _read_snappy() -> Decompressor:
+    return _Stream("snappy", _import("snappy").StreamDecompressor(), flushes=True)
+
+
+def _read_lz4() -> Decompressor:
+    return _Stream("lz4", _import("lz4.frame").LZ4FrameDecompressor())
+
+
+def _read_zstd() -> Decompressor:
+    return _Stream("zstd", _import("zstandard").ZstdDecompressor().decompressobj())
+
+
 @dataclass(frozen=True)
 class Codec:
-    """A compression choice: its CLI name, the object suffix Barman keys on, a factory, and
-    what it costs: CPU ns per byte read and per byte it writes (workload.py balances chunks
-    with them; measured on the benchmark's cluster, see benchmarks/README.md item 12)."""
+    """A compression choice: its CLI name, the object suffix Barman keys on, how to write and
+    read its stream, and what it costs: CPU ns per byte read and per byte it writes
+    (workload.py balances chunks with them; measured on the benchmark's cluster, see
+    benchmarks/README.md item 12)."""
 
     name: str
     extension: str
     factory: Callable[[int], Compressor]
+    reader: Callable[[], Decompressor]
     ns_per_input_byte: float
     ns_per_output_byte: float
 
@@ -126,14 +208,18 @@ class Codec:
         stream in parallel (zstd) use that many threads; 0 compresses in the caller's."""
         return self.factory(threads)
 
+    def decompressor(self) -> Decompressor:
+        """A decompressor for one object written by `new`."""
+        return self.reader()
+
 
 CODECS: dict[str, Codec] = {
-    "none": Codec("none", "", _identity, 0.28, 0.0),
-    "gzip": Codec("gzip", ".gz", _gzip, 1.25, 3.2),
-    "bzip2": Codec("bzip2", ".bz2", _bzip2, 14.4, 125.0),
-    "snappy": Codec("snappy", ".snappy", _snappy, 0.21, 2.8),
-    "lz4": Codec("lz4", ".lz4", _lz4, 0.28, 1.7),
-    "zstd": Codec("zstd", ".zst", _zstd, 0.53, 8.9),
+    "none": Codec("none", "", _identity, _read_identity, 0.28, 0.0),
+    "gzip": Codec("gzip", ".gz", _gzip, _read_gzip, 1.25, 3.2),
+    "bzip2": Codec("bzip2", ".bz2", _bzip2, _read_bzip2, 14.4, 125.0),
+    "snappy": Codec("snappy", ".snappy", _snappy, _read_snappy, 0.21, 2.8),
+    "lz4": Codec("lz4", ".lz4", _lz4, _read_lz4, 0.28, 1.7),
+    "zstd": Codec("zstd", ".zst", _zstd, _read_zstd, 0.53, 8.9),
 }
 
 

@@ -41,6 +41,18 @@ class HookAbort(PgCloudError):
     exit_code = 63
 
 
-def first_line(exc: BaseException) -> str:
-    """An exception as one line for a message or backup.info's `error` (its type if empty)."""
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+def missing_module(name: str, extra: str | None = None,
+                   cause: BaseException | None = None) -> BackupFailed:
+    """An optional package is not installed: exit 1 with Barman's "Missing required python
+    module: NAME", plus the pip extra that installs it and what the import said."""
+    hint = f" (install airflow-provider-pgcloud[{extra}])" if extra else ""
+    detail = f": {cause}" if cause else ""
+    return BackupFailed(f"Missing required python module: {name}{hint}{detail}")
+
+
+def first_line(value: BaseException | str) -> str:
+    """An exception or a text as one line, for a message or backup.info's `error` (an empty
+    exception gives its type, an empty text "unknown error")."""
+    if isinstance(value, str):
+        return (value.strip().splitlines() or ["unknown error"])[0]
+    return (str(value).strip().splitlines() or [type(value).__name__])[0]

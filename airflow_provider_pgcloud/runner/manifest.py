@@ -54,15 +54,15 @@ from typing import Any, Protocol
 
 import crc32c
 
-from .archive import TarWriter
+from .archive import TarWriter, member_type
 from .codecs import Compressor
 from .errors import BackupFailed
+from .layout import archive_manifest_key, index_key, is_archive_name, manifest_root
 from .storage.base import ObjectStore
 
 FORMAT_ARCHIVE = "pgcloud-archive-manifest"
 FORMAT_INDEX = "pgcloud-manifest"
 VERSION = 1
-MANIFEST_DIR = "pgcloud"
 
 
 class Checksum(Protocol):
@@ -99,26 +99,7 @@ def new_checksum(algorithm: str) -> Checksum:
     raise BackupFailed(f"unknown checksum algorithm {algorithm!r}")
 
 
-# --- keys ----------------------------------------------------------------------------------
-
-def manifest_root(backup_prefix: str) -> str:
-    """`<path>/<server>/base/<id>` -> `<path>/<server>/pgcloud/<id>`."""
-    server_prefix, backup_id = posixpath.split(backup_prefix)
-    return posixpath.join(posixpath.dirname(server_prefix), MANIFEST_DIR, backup_id)
-
-
-def archive_manifest_key(backup_prefix: str, archive: str) -> str:
-    return f"{manifest_root(backup_prefix)}/archives/{archive}.json"
-
-
-def index_key(backup_prefix: str) -> str:
-    return f"{manifest_root(backup_prefix)}/manifest.json"
-
-
 # --- recording while streaming ---------------------------------------------------------------
-
-_TYPES = {tarfile.REGTYPE: "file", tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "symlink"}
-
 
 class ManifestTarWriter(TarWriter):
     """A TarWriter that records every member, checksumming file data as it streams past.
@@ -146,7 +127,7 @@ class ManifestTarWriter(TarWriter):
     def _header(self, name: str, st: os.stat_result, kind: bytes, size: int = 0,
                 linkname: str = "") -> None:
         super()._header(name, st, kind, size, linkname)
-        entry: dict[str, Any] = {"path": name, "type": _TYPES.get(kind, kind.decode()),
+        entry: dict[str, Any] = {"path": name, "type": member_type(kind),
                                  "mode": stat.S_IMODE(st.st_mode), "mtime": int(st.st_mtime)}
         if kind == tarfile.SYMTYPE:
             entry["target"] = linkname
@@ -208,6 +189,27 @@ def store_archive_manifest(
     return manifest_key
 
 
+def seal_archives(store: ObjectStore, backup_prefix: str, archive_keys: list[str],
+                  server_name: str) -> str:
+    """The completeness check every backup with archives passes before backup.info says DONE:
+    every expected archive object is stored, no other one is (barman-cloud-restore would
+    extract a leftover `data_0007.tar` of an earlier attempt on top of this backup), and every
+    archive has its manifest; then the manifest's index is written. Raises BackupFailed naming
+    what is missing or left over."""
+    stored = {key for key, _ in store.list(backup_prefix + "/")}
+    missing = [key for key in archive_keys if key not in stored]
+    if missing:
+        raise BackupFailed(f"archive objects missing from the store: {', '.join(missing)}")
+    stale = sorted(key for key in stored - set(archive_keys)
+                   if is_archive_name(key[len(backup_prefix) + 1:]))
+    if stale:
+        raise BackupFailed(
+            f"objects of an earlier upload remain under {backup_prefix}/: {', '.join(stale)}"
+            " (delete them, or upload with the options used before)"
+        )
+    return write_index(store, backup_prefix, archive_keys, server_name)
+
+
 def write_index(store: ObjectStore, backup_prefix: str, archive_keys: list[str],
                 server_name: str) -> str:
     """Write the index of a finished backup's manifest; every archive must have its manifest.
@@ -241,6 +243,3 @@ def write_index(store: ObjectStore, backup_prefix: str, archive_keys: list[str],
     return key
 
 
-def server_of(backup_prefix: str) -> str:
-    """The server name in `<path>/<server>/base/<id>`."""
-    return posixpath.basename(posixpath.dirname(posixpath.dirname(backup_prefix)))

@@ -4,9 +4,10 @@ The engine owns the retries of multipart parts (S3 `UploadPart`, Azure `Put Bloc
 policy is the same for every provider, every retry is logged with its part number, and the
 worst case is a number one can compute: the S3 and Azure backends turn their SDK's own retries
 off for part uploads (one SDK attempt per engine attempt). GCS resumes a chunk of its upload
-session itself (it cannot re-send a part from the start), so its uploads say `part_retry =
-False` and are not retried here. Everything else a backup sends (backup.info, objects smaller
-than one part, completing or aborting an upload, listings) keeps the SDK's own retries.
+session itself (it cannot re-send a part from the start), so its store declares
+`capabilities.engine_retries_parts = False` and its parts are not retried here. Everything
+else a backup sends (backup.info, objects smaller than one part, completing or aborting an
+upload, listings) keeps the SDK's own retries.
 
 Transient: a connection refused, reset or closed, a connect or read timeout, the answers 408,
 429, 500, 502, 503 and 504 (S3's `SlowDown`, `InternalError`, `ServiceUnavailable`, Azure's

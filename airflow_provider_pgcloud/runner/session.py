@@ -10,7 +10,6 @@ nobody comes back to aborts the backup by itself at its deadline.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import datetime as dt
@@ -256,13 +255,7 @@ def _remove_if_quiet(directory: str) -> None:
             os.rmdir(directory)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description="hold a PostgreSQL backup session")
-    parser.add_argument("--socket", required=True)
-    parser.add_argument("--deadline", type=float, default=DEFAULT_DEADLINE_SECONDS)
-    args = parser.parse_args()
-    return serve(args.socket, args.deadline)
-
-
 if __name__ == "__main__":
+    from .cli.keeper import main
+
     sys.exit(main())

@@ -19,6 +19,8 @@ from concurrent.futures import Future
 from typing import Any
 
 from . import backup_info as bi
+from . import layout
+from .phases import Phases, record_failure
 from .postgres import ClusterInfo
 from .session import BackupSession, LocalSession
 from .snapshots import (
@@ -34,7 +36,6 @@ from .snapshots.mounts import MountTable
 from .steps import (
     BackupOptions,
     BackupState,
-    backup_failed,
     done_info,
     started_info,
     unique_backup_id,
@@ -42,11 +43,6 @@ from .steps import (
 from .storage import ObjectStore, open_store
 
 log = logging.getLogger("pgcloud")
-
-
-def label_key(prefix: str) -> str:
-    """`<path>/<server>/base/<backup_id>/backup_label`: a snapshot backup's label object."""
-    return f"{prefix}/backup_label"
 
 
 def _locations(cluster: ClusterInfo) -> list[tuple[str, str]]:
@@ -87,7 +83,7 @@ def start_snapshot_backup(
     check_snapshot_preconditions(config, provider, cluster, mounts or MountTable.read())
     store.check()
     backup_id = unique_backup_id(store, options.server_name)
-    prefix = bi.backup_prefix(store.base_path, options.server_name, backup_id)
+    prefix = layout.backup_prefix(store.base_path, options.server_name, backup_id)
     started_at = time.time()
     start = session.start(
         f"Barman backup {options.server_name} {backup_id}", options.immediate_checkpoint
@@ -98,7 +94,7 @@ def start_snapshot_backup(
         min_chunk_size=options.min_chunk_size, backup_name=options.backup_name,
         jobs=options.jobs, info=info, roots=[], chunks=[], started_at=started_at,
     )
-    store.put(bi.info_key(prefix), bi.encode(info))
+    store.put(layout.info_key(prefix), bi.encode(info))
     log.info("snapshot backup %s started at %s", backup_id, start.lsn)
     return state
 
@@ -155,16 +151,14 @@ def stop_snapshot_backup(
 ) -> dict[str, Any]:
     """Stop the backup, store backup_label as its own object, then backup.info DONE."""
     point = session.stop(f"barman_{state.backup_id}")
-    store.put(label_key(state.prefix), point.backup_label.encode("utf-8"))
+    store.put(layout.label_key(state.prefix), point.backup_label.encode("utf-8"))
     elapsed = round(time.time() - state.started_at, 6)
     info = done_info(state, point, snapshots_info=snapshots_info,
                      copy_stats={"copy_time": elapsed, "total_time": elapsed})
-    store.put(bi.info_key(state.prefix), bi.encode(info))
+    store.put(layout.info_key(state.prefix), bi.encode(info))
     log.info("snapshot backup %s DONE: stop at %s, %.1fs in all", state.backup_id, point.lsn,
              elapsed)
     return info
-
-
 
 
 def run_snapshot_backup(
@@ -178,25 +172,21 @@ def run_snapshot_backup(
     check_provider_options(config)
     session = session or LocalSession(options.conninfo)
     store = store or open_store(options.store)
-    state: BackupState | None = None
-    phase = "starting the backup"
     try:
-        provider = provider or open_provider(config)
-        state = start_snapshot_backup(options, config, session, store, provider=provider,
-                                      mounts=mounts)
-        phase = "taking disk snapshots"
-        snapshots_info = take_disk_snapshots(
-            state, config, provider=provider, mounts=mounts, session=session,
-            keepalive_interval=options.keepalive_interval,
-        )
-        state.info["snapshots_info"] = snapshots_info
-        phase = "stopping the backup"
-        stop_snapshot_backup(state, snapshots_info, session, store)
+        with Phases(record_failure(store, session)) as phases:
+            phases.enter("starting the backup")
+            provider = provider or open_provider(config)
+            state = phases.state = start_snapshot_backup(
+                options, config, session, store, provider=provider, mounts=mounts)
+            phases.enter("taking disk snapshots")
+            snapshots_info = take_disk_snapshots(
+                state, config, provider=provider, mounts=mounts, session=session,
+                keepalive_interval=options.keepalive_interval,
+            )
+            state.info["snapshots_info"] = snapshots_info
+            phases.enter("stopping the backup")
+            stop_snapshot_backup(state, snapshots_info, session, store)
         return state.backup_id
-    except BaseException as exc:
-        if state is None:
-            raise
-        raise backup_failed(state, store, phase, exc, session) from exc
     finally:
         session.abort()
         store.close()

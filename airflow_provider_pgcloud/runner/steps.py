@@ -1,8 +1,10 @@
 """The steps of a backup, each one function that the runner and an Airflow operator both call.
 
 start_backup -> upload_chunk (once per chunk, in any process) -> stop_backup, or fail_backup
-on any error. What passes between steps is a `BackupState`: plain JSON-able data with no
-secrets, small enough for XCom whatever the cluster's file count.
+on any error; when the uploads ran apart (Airflow's tasks), `teardown.finish_backup` decides
+from what they reported whether to stop or to fail. What passes between steps is a
+`BackupState`: plain JSON-able data with no secrets, small enough for XCom whatever the
+cluster's file count.
 """
 
 from __future__ import annotations
@@ -18,23 +20,18 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import backup_info as bi
+from . import layout
 from .codecs import compression_threads, get_codec
-from .errors import BackupFailed, PgCloudError, first_line
-from .manifest import ManifestTarWriter, server_of, store_archive_manifest, write_index
-from .pgdata import (
-    DATA,
-    DEFAULT_MIN_ARCHIVE_SIZE,
-    ArchiveRoot,
-    Chunk,
-    plan_chunks,
-    relative_inside,
-    tablespace_prefix,
-    walk,
-)
+from .errors import BackupFailed, first_line
+from .layout import DATA
+from .manifest import ManifestTarWriter, seal_archives, store_archive_manifest
+from .plan import DEFAULT_MIN_ARCHIVE_SIZE, Chunk, plan_chunks
 from .postgres import ClusterInfo, StartPoint, StopPoint
 from .progress import Progress
 from .session import BackupSession
 from .sizes import format_size
+from .sources import Source
+from .sources.local import ArchiveRoot, LocalFiles, archive_roots, relative_inside
 from .storage.base import ObjectStore, StoreConfig
 from .upload import PartWriter, part_size_for, parts_in_flight
 from .watch import is_cancelled
@@ -84,8 +81,14 @@ class BackupState:
     def planned_bytes(self) -> int:
         return sum(chunk.planned_bytes for chunk in self.chunks)
 
-    def root(self, archive: str) -> ArchiveRoot:
-        return next(root for root in self.roots if root.archive == archive)
+    @property
+    def source(self) -> LocalFiles:
+        """Where the archives' members come from: this host's files under `roots`."""
+        return LocalFiles(self.roots)
+
+    @property
+    def server_name(self) -> str:
+        return layout.server_of(self.prefix)
 
     def to_dict(self) -> dict[str, Any]:
         info = dict(self.info)
@@ -140,21 +143,6 @@ class ChunkResult:
 
 
 
-
-def _archive_roots(
-    pgdata: str, tablespaces: list[tuple[str, int, str]], major: str
-) -> list[ArchiveRoot]:
-    inside = tuple(
-        rel for _, _, location in tablespaces if (rel := relative_inside(location, pgdata))
-    )
-    roots = [ArchiveRoot(DATA, os.path.realpath(pgdata), skip=inside)]
-    roots += [
-        ArchiveRoot(str(oid), location, tablespace_prefix=tablespace_prefix(major))
-        for _, oid, location in tablespaces
-    ]
-    return roots
-
-
 def _check_readable(path: str) -> None:
     if not os.access(path, os.R_OK | os.X_OK):
         raise BackupFailed(
@@ -165,8 +153,8 @@ def _check_readable(path: str) -> None:
 def unique_backup_id(store: ObjectStore, server_name: str) -> str:
     """Barman's second-resolution ID, waiting a second if that ID is already taken."""
     while True:
-        backup_id = bi.new_backup_id()
-        prefix = bi.backup_prefix(store.base_path, server_name, backup_id)
+        backup_id = layout.new_backup_id()
+        prefix = layout.backup_prefix(store.base_path, server_name, backup_id)
         if not any(True for _ in store.list(prefix + "/")):
             return backup_id
         time.sleep(1)
@@ -210,12 +198,12 @@ def start_backup(options: BackupOptions, session: BackupSession, store: ObjectSt
     """
     cluster = session.cluster_info()
     tablespaces = [(t.name, t.oid, t.location) for t in cluster.tablespaces]
-    roots = _archive_roots(cluster.pgdata, tablespaces, cluster.major)
+    roots = archive_roots(cluster.pgdata, tablespaces, cluster.major)
     for root in roots:
         _check_readable(root.path)
     store.check()
     backup_id = unique_backup_id(store, options.server_name)
-    prefix = bi.backup_prefix(store.base_path, options.server_name, backup_id)
+    prefix = layout.backup_prefix(store.base_path, options.server_name, backup_id)
     start = session.start(f"Barman backup cloud {backup_id}", options.immediate_checkpoint)
     info = started_info(cluster, start, "cloud")
     state = BackupState(
@@ -223,7 +211,7 @@ def start_backup(options: BackupOptions, session: BackupSession, store: ObjectSt
         min_chunk_size=options.min_chunk_size, backup_name=options.backup_name,
         jobs=options.jobs, info=info, roots=roots, chunks=[],
     )
-    store.put(bi.info_key(prefix), bi.encode(info))
+    store.put(layout.info_key(prefix), bi.encode(info))
     try:
         state.chunks = plan_chunks(
             roots, options.jobs, options.max_archive_size, options.min_archive_size,
@@ -243,43 +231,26 @@ def start_backup(options: BackupOptions, session: BackupSession, store: ObjectSt
     return state
 
 
-def upload_chunk(
-    state: BackupState,
-    chunk: Chunk,
-    store: ObjectStore,
-    *,
-    throttle: Callable[[int], None] | None = None,
-    cancelled: threading.Event | Callable[[], bool] | Any | None = None,
-) -> ChunkResult:
-    """Stream one chunk's files as one compressed tar object, then its manifest. Safe to
-    retry: same keys. `cancelled` (an Event, or a callable such as watch.SessionWatch that
-    returns True or raises) is checked before every file and as compressed data leaves."""
-    codec = get_codec(state.compression)
-    key = bi.archive_key(state.prefix, chunk.name, codec.suffix)
-    writer = PartWriter(
-        store, key, part_size_for(chunk.planned_bytes, state.min_chunk_size, store),
-        max_in_flight=parts_in_flight(state.jobs), throttle=throttle,
-    )
+def _store_archive(
+    state: BackupState, store: ObjectStore, key: str, fill: Callable[[ManifestTarWriter], None],
+    *, planned_bytes: int = 0, threads: int = 0, max_in_flight: int = 2,
+    throttle: Callable[[int], None] | None = None, cancelled: Any = None,
+) -> tuple[int, int]:
+    """Write one archive object: `fill` adds its members to a tar compressed as one stream,
+    uploaded in parts as it grows; then its manifest. A failure aborts the upload, so no
+    partial object is ever stored. `cancelled` is checked as compressed data leaves. Returns
+    the tar's size and the stored object's."""
+    writer = PartWriter(store, key, part_size_for(planned_bytes, state.min_chunk_size, store),
+                        max_in_flight=max_in_flight, throttle=throttle)
 
     def sink(data: bytes) -> None:
         if is_cancelled(cancelled):  # also mid-file: a 1 GiB file must not delay a failure
             raise BackupFailed("cancelled because another part of the backup failed")
         writer.write(data)
 
-    tar = ManifestTarWriter(codec.new(compression_threads(state.jobs)), sink)
-    progress = Progress(chunk.name, chunk.planned_bytes, log)
+    tar = ManifestTarWriter(get_codec(state.compression).new(threads), sink)
     try:
-        for entry in walk(state.root(chunk.archive), chunk.first, chunk.last):
-            if is_cancelled(cancelled):
-                raise BackupFailed("cancelled because another part of the backup failed")
-            before = tar.raw_bytes
-            if entry.is_dir:
-                tar.add_dir(entry.name, entry.st)
-            elif stat.S_ISLNK(entry.st.st_mode):
-                tar.add_symlink(entry.name, entry.path, entry.st)
-            else:
-                tar.add_file(entry.name, entry.path)
-            progress.advance(tar.raw_bytes - before)
+        fill(tar)
         tar.close()
         writer.close()
     except BaseException:
@@ -287,9 +258,41 @@ def upload_chunk(
         raise
     store_archive_manifest(store, state.prefix, key, state.compression, tar,
                            writer.bytes_written)
-    log.info("%s stored as %s (%s): %s", chunk.name, key.rpartition("/")[2],
-             format_size(writer.bytes_written), progress.summary())
-    return ChunkResult(chunk.name, key, tar.raw_bytes, writer.bytes_written, progress.seconds)
+    return tar.raw_bytes, writer.bytes_written
+
+
+def upload_chunk(
+    state: BackupState,
+    chunk: Chunk,
+    store: ObjectStore,
+    *,
+    throttle: Callable[[int], None] | None = None,
+    cancelled: threading.Event | Callable[[], bool] | Any | None = None,
+    source: Source | None = None,
+) -> ChunkResult:
+    """Stream one chunk's members (from `source`, by default the state's local files) as one
+    compressed tar object, then its manifest. Safe to retry: same keys. `cancelled` (an
+    Event, or a callable such as watch.SessionWatch that returns True or raises) is checked
+    before every member and as compressed data leaves."""
+    key = layout.archive_key(state.prefix, chunk.name, get_codec(state.compression).suffix)
+    progress = Progress(chunk.name, chunk.planned_bytes, log)
+
+    def fill(tar: ManifestTarWriter) -> None:
+        for member in (source or state.source).members(chunk):
+            if is_cancelled(cancelled):
+                raise BackupFailed("cancelled because another part of the backup failed")
+            before = tar.raw_bytes
+            tar.add(member)
+            progress.advance(tar.raw_bytes - before)
+
+    raw_bytes, stored_bytes = _store_archive(
+        state, store, key, fill, planned_bytes=chunk.planned_bytes,
+        threads=compression_threads(state.jobs), max_in_flight=parts_in_flight(state.jobs),
+        throttle=throttle, cancelled=cancelled,
+    )
+    log.info("%s stored as %s (%s): %s", chunk.name, layout.archive_name(key),
+             format_size(stored_bytes), progress.summary())
+    return ChunkResult(chunk.name, key, raw_bytes, stored_bytes, progress.seconds)
 
 
 def _label_chunk_index(state: BackupState) -> int:
@@ -300,8 +303,8 @@ def expected_keys(state: BackupState) -> list[str]:
     """Every archive object a finished backup must have."""
     suffix = get_codec(state.compression).suffix
     stems = [chunk.name for chunk in state.chunks]
-    stems.append(f"{DATA}_{_label_chunk_index(state):04d}")
-    return [bi.archive_key(state.prefix, stem, suffix) for stem in stems]
+    stems.append(layout.archive_stem(DATA, _label_chunk_index(state)))
+    return [layout.archive_key(state.prefix, stem, suffix) for stem in stems]
 
 
 def _external_config_files(state: BackupState) -> list[tuple[str, bytes, int]]:
@@ -355,39 +358,29 @@ def stop_backup(state: BackupState, session: BackupSession, store: ObjectStore) 
     DONE is written only after every expected object is confirmed in the store, so a backup
     with a missing piece can never be listed as complete.
     """
-    pgdata = state.root(DATA).path
+    pgdata = state.source.root(DATA).path
     control_path = os.path.join(pgdata, "global", "pg_control")
     with open(control_path, "rb") as handle:
         pg_control = handle.read()
     config_files = _external_config_files(state)
     point = session.stop(f"barman_{state.backup_id}")
-    codec = get_codec(state.compression)
-    key = bi.archive_key(state.prefix, f"{DATA}_{_label_chunk_index(state):04d}", codec.suffix)
-    writer = PartWriter(store, key, part_size_for(0, state.min_chunk_size, store))
-    tar = ManifestTarWriter(codec.new(), writer.write)
-    try:
+    key = layout.archive_key(state.prefix, layout.archive_stem(DATA, _label_chunk_index(state)),
+                             get_codec(state.compression).suffix)
+
+    def fill(tar: ManifestTarWriter) -> None:
         tar.add_bytes("global/pg_control", pg_control)
         for name, data, mode in config_files:
             tar.add_bytes(name, data, mode=mode)
         tar.add_bytes("backup_label", point.backup_label.encode(), mode=0o600)
-        tar.close()
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    store_archive_manifest(store, state.prefix, key, state.compression, tar,
-                           writer.bytes_written)
-    stored = {name for name, _ in store.list(state.prefix + "/")}
-    missing = [k for k in expected_keys(state) if k not in stored]
-    if missing:
-        raise BackupFailed(f"archive objects missing from the store: {', '.join(missing)}")
-    write_index(store, state.prefix, expected_keys(state), server_of(state.prefix))
+
+    _store_archive(state, store, key, fill)
+    seal_archives(store, state.prefix, expected_keys(state), state.server_name)
     elapsed = time.time() - state.started_at
     info = done_info(state, point, copy_stats={
         "total_time": round(elapsed, 6), "number_of_workers": state.jobs,
         "analysis_time": 0, "copy_time": round(elapsed, 6),
     })
-    store.put(bi.info_key(state.prefix), bi.encode(info))
+    store.put(layout.info_key(state.prefix), bi.encode(info))
     log.info("backup %s DONE: %s planned, stop at %s, %.1fs in all",
              state.backup_id, format_size(state.planned_bytes), point.lsn, elapsed)
     return info
@@ -401,21 +394,7 @@ def fail_backup(state: BackupState, store: ObjectStore, reason: str,
             session.abort()
         except Exception as exc:  # the session may be what broke
             log.warning("could not abort the database backup session: %s", exc)
-    reason = (reason.strip().splitlines() or ["unknown error"])[0]
+    reason = first_line(reason)
     info = dict(state.info, status=bi.FAILED, error=reason, backup_name=state.backup_name)
-    store.put(bi.info_key(state.prefix), bi.encode(info))
+    store.put(layout.info_key(state.prefix), bi.encode(info))
     log.error("backup %s FAILED: %s", state.backup_id, reason)
-
-
-def backup_failed(state: BackupState, store: ObjectStore, phase: str, exc: BaseException,
-                  session: BackupSession | None) -> BackupFailed:
-    """Record `exc`, raised while `phase` (e.g. "uploading data"), as the backup's failure:
-    abort the session, write backup.info FAILED with Barman's `failure <phase> (<reason>)`,
-    and return the BackupFailed (exit 1) for the caller to raise."""
-    detail = "interrupted by the user" if isinstance(exc, KeyboardInterrupt) else first_line(exc)
-    reason = f"failure {phase} ({detail})"
-    try:
-        fail_backup(state, store, reason, session)
-    except Exception as info_exc:
-        log.error("could not record the failure in backup.info: %s", first_line(info_exc))
-    return BackupFailed(str(exc) if isinstance(exc, PgCloudError) else reason)

@@ -105,7 +105,7 @@ class PartWriter:
         if self._next_part > self._store.max_parts:
             raise BackupFailed(f"{self.key} needs more than {self._store.max_parts} parts")
         body: bytes | bytearray = part
-        if not getattr(self._upload, "accepts_buffers", False):
+        if not self._store.capabilities.accepts_buffers:
             body = bytes(part)  # the SDK wants bytes: copy, and reuse the buffer at once
             self._recycle(part)
         if self._throttle:
@@ -126,7 +126,7 @@ class PartWriter:
     def _upload_part(self, upload: MultipartUpload, number: int, body: bytes | bytearray) -> None:
         part = cast(bytes, body)  # a bytearray only where the upload `accepts_buffers`
         try:
-            if getattr(upload, "part_retry", True):
+            if self._store.capabilities.engine_retries_parts:
                 self._retry.call(
                     lambda: upload.upload_part(number, part), f"upload of {self.key} part {number}",
                     give_up=lambda: self._error is not None or self._aborting,

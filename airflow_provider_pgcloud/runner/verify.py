@@ -1,6 +1,6 @@
 """Check a stored backup against its manifest, without restoring it.
 
-    python -m airflow_provider_pgcloud.runner.verify [OPTIONS] SOURCE_URL SERVER_NAME BACKUP_ID
+    pgcloud-verify [OPTIONS] SOURCE_URL SERVER_NAME BACKUP_ID   (runner/cli/verify.py)
 
 Every archive object is streamed from the store once, decompressed and read as tar, and each
 member is compared with the manifest written while the backup was taken (manifest.py): the
@@ -20,42 +20,28 @@ wrap it): it returns a VerifyReport, or raises VerifyFailed (a BackupFailed, exi
 
 from __future__ import annotations
 
-import argparse
-import bz2
-import importlib
 import json
 import logging
-import posixpath
-import re
 import sys
 import tarfile
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from . import backup_info as bi
-from .argtypes import Parser
-from .errors import BackupFailed, InputError
-from .manifest import (
-    FORMAT_ARCHIVE,
-    FORMAT_INDEX,
-    Checksum,
-    index_key,
-    manifest_root,
-    new_checksum,
-)
+from . import layout
+from .archive import member_type
+from .codecs import Decompressor, get_codec
+from .errors import BackupFailed, InputError, first_line
+from .manifest import FORMAT_ARCHIVE, FORMAT_INDEX, Checksum, new_checksum
 from .sizes import format_size
-from .storage import ObjectStore, open_store
-from .storeargs import add_store_arguments, run_main, store_config
+from .storage import ObjectStore
 
 log = logging.getLogger("pgcloud")
 
 READ_SIZE = 1 << 20
-_ARCHIVE = re.compile(r"^(?P<stem>data|\d+)(?:_\d{4})?\.tar(?:\.(?:gz|bz2|snappy|lz4|zst))?$")
-_TAR_TYPES = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.DIRTYPE: "dir",
-              tarfile.SYMTYPE: "symlink"}
 
 
 class VerifyFailed(BackupFailed):
@@ -82,67 +68,19 @@ class VerifyReport:
                 f"({format_size(self.stored_bytes)} stored) in {self.seconds:.1f}s")
 
 
-class ReadableStore(ObjectStore, Protocol):
-    def iter_object(self, key: str, chunk_size: int = READ_SIZE) -> Iterator[bytes]: ...
+# --- reading an archive object --------------------------------------------------------------
 
-
-# --- decompression ---------------------------------------------------------------------------
-
-class _Decompressor:
-    """One compression stream; data after its end is counted in `trailing`."""
-
-    def __init__(self, compression: str | None) -> None:
-        self.compression = compression
-        self.trailing = 0
-        self._ended = False
-        self._d: Any = None
-        if compression == "gzip":
-            self._d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        elif compression == "bzip2":
-            self._d = bz2.BZ2Decompressor()
-        elif compression == "lz4":
-            self._d = importlib.import_module("lz4.frame").LZ4FrameDecompressor()
-        elif compression == "zstd":
-            self._d = importlib.import_module("zstandard").ZstdDecompressor().decompressobj()
-        elif compression == "snappy":
-            self._d = importlib.import_module("snappy").StreamDecompressor()
-        elif compression is not None:
-            raise BackupFailed(f"unknown compression {compression!r} in the manifest")
-
-    def feed(self, data: bytes) -> bytes:
-        if self._d is None:
-            return data
-        if self._ended:
-            self.trailing += len(data)
-            return b""
-        try:
-            out: bytes = self._d.decompress(data)
-        except Exception as exc:  # each library has its own error type (lz4: RuntimeError)
-            raise ValueError(f"corrupt {self.compression} data: {exc}") from None
-        if getattr(self._d, "eof", False):
-            self._ended = True
-            self.trailing += len(getattr(self._d, "unused_data", b"") or b"")
-        return out
-
-    def finish(self) -> bytes:
-        """The rest; raises if the stream was cut short."""
-        if self._d is None:
-            return b""
-        if self.compression == "snappy":
-            try:
-                tail: bytes = self._d.flush()
-            except Exception as exc:
-                raise ValueError(f"corrupt snappy data: {exc}") from None
-            return tail
-        if not self._ended:
-            raise ValueError("the compressed stream ends early")
-        return b""
+def _decompressor(compression: str | None) -> Decompressor:
+    try:
+        return get_codec(compression).decompressor()
+    except ValueError:
+        raise BackupFailed(f"unknown compression {compression!r} in the manifest") from None
 
 
 class _TarSource:
     """A read()-able view of the decompressed object for tarfile's stream mode."""
 
-    def __init__(self, chunks: Iterator[bytes], decompressor: _Decompressor,
+    def __init__(self, chunks: Iterator[bytes], decompressor: Decompressor,
                  checksum: Checksum) -> None:
         self._chunks, self._d, self.checksum = chunks, decompressor, checksum
         self._buffer = bytearray()
@@ -178,11 +116,7 @@ class _TarSource:
 
 # --- checks ----------------------------------------------------------------------------------
 
-def _member_type(member: tarfile.TarInfo) -> str:
-    return _TAR_TYPES.get(member.type, member.type.decode(errors="replace"))
-
-
-def _check_archive(store: ReadableStore, key: str, manifest: dict[str, Any],
+def _check_archive(store: ObjectStore, key: str, manifest: dict[str, Any],
                    stored_size: int) -> tuple[int, int]:
     """Stream one archive object and compare it with its manifest; (files, bytes) checked."""
     archive = manifest["archive"]
@@ -191,7 +125,7 @@ def _check_archive(store: ReadableStore, key: str, manifest: dict[str, Any],
         where = f"{archive}: {path}: " if path is not None else f"{archive}: "
         return VerifyFailed(where + message, archive, path)
 
-    decompressor = _Decompressor(manifest.get("compression"))
+    decompressor = _decompressor(manifest.get("compression"))
     algorithm = manifest["checksum_algorithm"]
     source = _TarSource(store.iter_object(key, READ_SIZE), decompressor,
                         new_checksum(algorithm))
@@ -205,7 +139,7 @@ def _check_archive(store: ReadableStore, key: str, manifest: dict[str, Any],
                     raise fail("in the archive but not in the manifest", member.name)
                 if member.name != want["path"]:
                     raise fail(f"found where the manifest has {want['path']!r}", member.name)
-                kind = _member_type(member)
+                kind = member_type(member.type)
                 if kind != want["type"]:
                     raise fail(f"is a {kind}, the manifest says {want['type']}", member.name)
                 if member.mode != want["mode"]:
@@ -238,8 +172,7 @@ def _check_archive(store: ReadableStore, key: str, manifest: dict[str, Any],
     except VerifyFailed:
         raise
     except (tarfile.TarError, ValueError, EOFError, zlib.error) as exc:
-        raise fail(f"unreadable: {(str(exc).splitlines() or [type(exc).__name__])[0]}") \
-            from None
+        raise fail(f"unreadable: {first_line(exc)}") from None
     if decompressor.trailing:
         raise fail(f"{decompressor.trailing} bytes follow the compression stream; "
                    "barman-cloud-restore would ignore them")
@@ -258,14 +191,14 @@ def _check_archive(store: ReadableStore, key: str, manifest: dict[str, Any],
 
 def resolve_backup_id(store: ObjectStore, server_name: str, backup_id: str) -> str:
     """A backup ID as given, or `latest`/`last`/`oldest`/`first` (DONE backups) or a name."""
-    if bi.is_backup_id(backup_id):
+    if layout.is_backup_id(backup_id):
         return backup_id
-    base = posixpath.join(store.base_path, server_name, "base") + "/"
-    infos = sorted(k for k, _ in store.list(base) if k.endswith("/backup.info"))
+    base = layout.base_prefix(store.base_path, server_name)
+    infos = sorted(k for k, _ in store.list(base) if k.endswith("/" + layout.INFO_NAME))
     done: list[tuple[str, dict[str, Any]]] = []
     for key in infos:
-        candidate = key[len(base):].split("/", 1)[0]
-        if not bi.is_backup_id(candidate):
+        candidate = layout.backup_id_under(key, base)
+        if candidate is None:
             continue
         try:
             info = bi.decode(store.get(key))
@@ -292,38 +225,35 @@ def verify_backup(store: ObjectStore, server_name: str, backup_id: str) -> Verif
     first difference; returns a VerifyReport when everything matches.
     """
     started = time.monotonic()
-    readable: ReadableStore = store  # type: ignore[assignment]
-    if not hasattr(store, "iter_object"):
-        raise BackupFailed("this store cannot stream objects for verification")
     backup_id = resolve_backup_id(store, server_name, backup_id)
-    prefix = bi.backup_prefix(store.base_path, server_name, backup_id)
+    prefix = layout.backup_prefix(store.base_path, server_name, backup_id)
     stored = dict(store.list(prefix + "/"))
-    if bi.info_key(prefix) not in stored:
+    if layout.info_key(prefix) not in stored:
         raise VerifyFailed(f"backup {backup_id} of server {server_name} not found")
-    info = bi.decode(store.get(bi.info_key(prefix)))
+    info = bi.decode(store.get(layout.info_key(prefix)))
     if info.get("status") != bi.DONE:
         raise VerifyFailed(f"backup {backup_id} is {info.get('status')}, not DONE")
     try:
-        index = json.loads(store.get(index_key(prefix)))
+        index = json.loads(store.get(layout.index_key(prefix)))
     except Exception:
-        if not any(k.startswith(manifest_root(prefix) + "/") for k, _ in
-                   store.list(manifest_root(prefix) + "/")):
+        if not any(k.startswith(layout.manifest_root(prefix) + "/") for k, _ in
+                   store.list(layout.manifest_root(prefix) + "/")):
             raise VerifyFailed(f"backup {backup_id} has no manifest (taken by another tool, "
                                "or before manifests existed)") from None
         raise VerifyFailed(f"the manifest index of backup {backup_id} is missing or "
                            "unreadable") from None
     if index.get("format") != FORMAT_INDEX:
-        raise VerifyFailed(f"{index_key(prefix)} is not a pgcloud manifest")
+        raise VerifyFailed(f"{layout.index_key(prefix)} is not a pgcloud manifest")
 
     listed = [entry["archive"] for entry in index["archives"]]
     restorable = {key[len(prefix) + 1:] for key in stored
-                  if _ARCHIVE.match(key[len(prefix) + 1:])}
+                  if layout.is_archive_name(key[len(prefix) + 1:])}
     extra = sorted(restorable - set(listed))
     if extra:
         raise VerifyFailed(f"{extra[0]}: barman-cloud-restore would extract it, but it is not "
                            "in the manifest", extra[0])
     archives = files = nbytes = stored_bytes = 0
-    root = manifest_root(prefix)
+    root = layout.manifest_root(prefix)
     for entry in index["archives"]:
         name = entry["archive"]
         key = f"{prefix}/{name}"
@@ -337,48 +267,20 @@ def verify_backup(store: ObjectStore, server_name: str, backup_id: str) -> Verif
         if manifest.get("format") != FORMAT_ARCHIVE or manifest.get("archive") != name:
             raise VerifyFailed(f"{name}: its manifest does not describe it", name)
         log.debug("checking %s (%s)", name, format_size(stored[key]))
-        checked_files, checked_bytes = _check_archive(readable, key, manifest, stored[key])
+        checked_files, checked_bytes = _check_archive(store, key, manifest, stored[key])
         archives += 1
         files += checked_files
         nbytes += checked_bytes
         stored_bytes += stored[key]
-    mains = {name.split(".", 1)[0] for name in listed}
-    for stem in ["data", *(str(oid) for _, oid, _ in info.get("tablespaces") or ())]:
+    mains = {layout.archive_of(name) for name in listed}
+    for stem in [layout.DATA, *(str(oid) for _, oid, _ in info.get("tablespaces") or ())]:
         if stem not in mains:
             raise VerifyFailed(f"{stem}.tar*: the main archive is missing", stem)
     return VerifyReport(backup_id, archives, files, nbytes, stored_bytes,
                         time.monotonic() - started)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        prog="python -m airflow_provider_pgcloud.runner.verify",
-        description="Check a stored backup against the manifest written while it was taken: "
-        "every archive object is streamed, decompressed and each file's size and checksum "
-        "compared, without restoring anything. Exit 0 when everything matches, 1 at the "
-        "first difference (the archive and file are named).",
-    )
-    parser.add_argument("source_url", help="URL of the cloud source, e.g. s3://bucket/path")
-    parser.add_argument("server_name", help="the name of the server as configured in Barman")
-    parser.add_argument("backup_id", help="the backup ID, a backup name, or latest/oldest")
-    add_store_arguments(parser)
-    return parser
-
-
-def _run(args: argparse.Namespace) -> int:
-    store = open_store(store_config(args, args.source_url))
-    try:
-        store.check()
-        report = verify_backup(store, args.server_name, args.backup_id)
-    finally:
-        store.close()
-    log.info("%s", report.summary())
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(build_parser(), argv, _run)
-
-
 if __name__ == "__main__":
+    from .cli.verify import main
+
     sys.exit(main())

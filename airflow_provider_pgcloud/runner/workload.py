@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from .codecs import get_codec
 
 if TYPE_CHECKING:
-    from .pgdata import Entry
+    from .sources.local import Entry
 
 SAMPLED_SIZE = 8 << 20
 """Files at least this big are sampled; PostgreSQL's relation files grow to 1 GiB."""

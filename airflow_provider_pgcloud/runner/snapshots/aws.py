@@ -17,14 +17,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import first_line
-from . import (
-    LOCK_EXPIRATION_FORMAT,
-    SnapshotConfigError,
-    SnapshotError,
-    Volume,
-    check_all_attached,
-    snapshot_name,
-)
+from .config import LOCK_EXPIRATION_FORMAT, SnapshotConfigError, SnapshotError
+from .providers import Volume, check_all_attached, snapshot_name
 
 log = logging.getLogger("pgcloud")
 

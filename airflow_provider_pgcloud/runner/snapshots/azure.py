@@ -11,15 +11,9 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import first_line
-from . import (
-    SnapshotConfigError,
-    SnapshotError,
-    Volume,
-    check_all_attached,
-    missing_module,
-    snapshot_name,
-)
+from ..errors import first_line, missing_module
+from .config import SnapshotConfigError, SnapshotError
+from .providers import Volume, check_all_attached, snapshot_name
 
 log = logging.getLogger("pgcloud")
 
@@ -38,11 +32,11 @@ def make_client(subscription_id: str, credential: str | None) -> Any:
     try:
         from azure import identity
     except ImportError:
-        raise missing_module("azure-identity") from None
+        raise missing_module("azure-identity", "azure") from None
     try:
         from azure.mgmt.compute import ComputeManagementClient
     except ImportError:
-        raise missing_module("azure-mgmt-compute") from None
+        raise missing_module("azure-mgmt-compute", "azure") from None
     if (credential or "default") not in CREDENTIALS:
         raise SnapshotConfigError(f"Unsupported credential: {credential}")
     credential_class = getattr(identity, CREDENTIALS[credential or "default"])

@@ -13,14 +13,9 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 from urllib.parse import urlparse
 
-from ..errors import first_line
-from . import (
-    SnapshotError,
-    Volume,
-    check_all_attached,
-    missing_module,
-    snapshot_name,
-)
+from ..errors import first_line, missing_module
+from .config import SnapshotError
+from .providers import Volume, check_all_attached, snapshot_name
 
 log = logging.getLogger("pgcloud")
 
@@ -59,7 +54,7 @@ class GcpProvider:
             try:
                 from google.cloud import compute_v1
             except ImportError:
-                raise missing_module("google-cloud-compute") from None
+                raise missing_module("google-cloud-compute", "google") from None
             try:
                 clients = GcpClients(
                     compute_v1.InstancesClient(), compute_v1.DisksClient(),

@@ -1,31 +1,18 @@
-"""Object stores behind one protocol; backends are imported only when used."""
+"""Object stores behind one protocol (base.py), one module per backend, one registry of them."""
 
 from __future__ import annotations
 
-from .base import MultipartUpload, ObjectStore, StoreConfig
+from .base import Capabilities, MultipartUpload, ObjectStore, StoreConfig, Upload
+from .registry import BACKENDS, PROVIDERS, backend, open_store
 
-PROVIDERS = ("aws-s3", "azure-blob-storage", "google-cloud-storage")
-
-
-def open_store(config: StoreConfig, **credentials: object) -> ObjectStore:
-    """Open the store named by `config.cloud_provider`.
-
-    `credentials` lets a caller that already holds a session (an Airflow hook) pass it through;
-    the runner passes nothing and the SDK reads the environment, as Barman does.
-    """
-    if config.cloud_provider == "aws-s3":
-        from .s3 import S3Store
-
-        return S3Store(config, **credentials)  # type: ignore[arg-type]
-    if config.cloud_provider == "azure-blob-storage":
-        from .azure import AzureStore
-
-        return AzureStore(config, **credentials)  # type: ignore[arg-type]
-    if config.cloud_provider == "google-cloud-storage":
-        from .gcs import GCSStore
-
-        return GCSStore(config, **credentials)  # type: ignore[arg-type]
-    raise NotImplementedError(f"cloud provider {config.cloud_provider} is not supported yet")
-
-
-__all__ = ["PROVIDERS", "MultipartUpload", "ObjectStore", "StoreConfig", "open_store"]
+__all__ = [
+    "BACKENDS",
+    "PROVIDERS",
+    "Capabilities",
+    "MultipartUpload",
+    "ObjectStore",
+    "StoreConfig",
+    "Upload",
+    "backend",
+    "open_store",
+]

@@ -37,8 +37,9 @@ from ..errors import (
     InputError,
     PgCloudError,
     first_line,
+    missing_module,
 )
-from .base import StoreConfig
+from .base import Capabilities, StoreConfig, Upload
 
 try:
     from azure.core.credentials import AzureNamedKeyCredential
@@ -57,10 +58,7 @@ try:
         LinearRetry,
     )
 except ImportError as _exc:  # the `azure` extra is not installed
-    raise BackupFailed(
-        "Missing required python module: azure-storage-blob "
-        f"(install airflow-provider-pgcloud[azure]): {_exc}"
-    ) from None
+    raise missing_module("azure-storage-blob", "azure", _exc) from None
 
 AZURE_BLOB_DOMAIN = "blob.core.windows.net"
 MIN_PART_SIZE = 64 << 10  # Barman's MIN_CHUNK_SIZE for Azure
@@ -126,10 +124,7 @@ def _identity_credential(kind: str) -> Any:
             ManagedIdentityCredential,
         )
     except ImportError as exc:
-        raise BackupFailed(
-            "Missing required python module: azure-identity "
-            f"(install airflow-provider-pgcloud[azure]): {exc}"
-        ) from None
+        raise missing_module("azure-identity", "azure", exc) from None
     classes: dict[str, Any] = {
         "azure-cli": AzureCliCredential,
         "managed-identity": ManagedIdentityCredential,
@@ -231,6 +226,7 @@ class AzureStore:
 
     min_part_size = MIN_PART_SIZE
     max_parts = MAX_PARTS
+    capabilities = Capabilities(lists_uploads=True, tags="blob index tags", checksum=None)
 
     def __init__(self, config: StoreConfig,
                  service_client: BlobServiceClient | None = None) -> None:
@@ -290,24 +286,23 @@ class AzureStore:
     def start_multipart(self, key: str) -> AzureBlockUpload:
         return AzureBlockUpload(self._container, key, self._extra, self._tags)
 
-    # --- maintenance (verify and cleanup) ---
     def iter_object(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         yield from self._container.download_blob(key).chunks()
 
     def delete(self, key: str) -> None:
         self._container.delete_blob(key)
 
-    def list_uploads(self, prefix: str) -> Iterator[tuple[str, str, dt.datetime]]:
-        """(key, "", created) of every blob under prefix that has only uncommitted blocks."""
+    def list_uploads(self, prefix: str) -> Iterator[Upload]:
+        """Every blob under prefix that has only uncommitted blocks (no upload ID)."""
         committed = {blob.name for blob in self._container.list_blobs(name_starts_with=prefix)}
         for blob in self._container.list_blobs(name_starts_with=prefix,
                                                include=["uncommittedblobs"]):
             if blob.name not in committed:
                 when = blob.creation_time or blob.last_modified or dt.datetime.now(dt.UTC)
-                yield blob.name, "", when
+                yield Upload(blob.name, "", when)
 
-    def abort_upload(self, key: str, upload_id: str) -> None:
-        blob = self._container.get_blob_client(key)
+    def abort_upload(self, upload: Upload) -> None:
+        blob = self._container.get_blob_client(upload.key)
         if not blob.exists():
             drop_uncommitted(blob)
 

@@ -1,15 +1,53 @@
 """The one interface every object store implements (pgBackRest's storage-layer shape).
 
 The engine speaks only this protocol; each backend (S3, Azure, GCS) lives in its own module and
-is imported lazily, so a database host needs only the SDK of the store it writes to.
+is imported lazily (registry.py), so a database host needs only the SDK of the store it uses.
+What a backend can or cannot do is declared in its `capabilities`, never guessed.
+
+`StoreConfig` is also where the store's options are declared: each field that a user may set
+carries its command-line spelling and help (`option`), which the command line
+(runner/cli/common.py) and the Airflow operators (operators/base.py) read. Adding a store option
+is adding a field here and using it in the backend.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Literal, NamedTuple, Protocol
+
+from .registry import PROVIDERS
+
+OptionKind = Literal["text", "positive", "tags"]
+
+
+@dataclass(frozen=True)
+class StoreOption:
+    """How a user sets one StoreConfig field: its flags, help and the help section it is in.
+
+    `writes`: only commands that write a backup take it (encryption, tags), not verify or
+    cleanup. `credential`: it says how to authenticate, which in Airflow a connection does,
+    so operators do not take it.
+    """
+
+    flags: tuple[str, ...]
+    help: str
+    group: str = "general"  # the help section: "general", "backup" or a cloud provider
+    kind: OptionKind = "text"
+    choices: tuple[str, ...] | None = None
+    writes: bool = False
+    credential: bool = False
+
+
+def option(default: Any, *flags: str, help: str, **declared: Any) -> Any:
+    """A StoreConfig field that users set with `flags`."""
+    return field(default=default, metadata={"option": StoreOption(flags, help, **declared)})
+
+
+TAG_OPTION = StoreOption(("--tags",), "tags to be added to all uploaded files in cloud storage",
+                         group="backup", kind="tags", writes=True)
 
 
 @dataclass(frozen=True)
@@ -19,16 +57,49 @@ class StoreConfig:
     """
 
     destination_url: str
-    cloud_provider: str = "aws-s3"
-    endpoint_url: str | None = None
-    aws_profile: str | None = None
-    read_timeout: int = 60
-    encryption: str | None = None
-    sse_kms_key_id: str | None = None
-    tags: tuple[tuple[str, str], ...] = field(default_factory=tuple)
-    azure_credential: str | None = None  # azure-cli | managed-identity | default
-    encryption_scope: str | None = None
-    kms_key_name: str | None = None
+    cloud_provider: str = option(
+        "aws-s3", "--cloud-provider", help="the cloud provider to use as a storage backend",
+        choices=PROVIDERS,
+    )
+    endpoint_url: str | None = option(
+        None, "--endpoint-url", help="override default S3 endpoint URL with the given one",
+        group="aws-s3",
+    )
+    aws_profile: str | None = option(
+        None, "-P", "--aws-profile", "--profile", group="aws-s3", credential=True,
+        help="profile name (e.g. INI section in the AWS credentials file); --profile is "
+        "deprecated",
+    )
+    read_timeout: int = option(
+        60, "--read-timeout", group="aws-s3", kind="positive",
+        help="seconds until a timeout is raised when waiting to read from a connection "
+        "(default: 60)",
+    )
+    encryption: str | None = option(
+        None, "-e", "--encryption", group="aws-s3", choices=("AES256", "aws:kms"), writes=True,
+        help="server-side encryption of the uploaded data in S3",
+    )
+    sse_kms_key_id: str | None = option(
+        None, "--sse-kms-key-id", group="aws-s3", writes=True,
+        help="the AWS KMS key ID used to encrypt the data; only with -e aws:kms",
+    )
+    tags: tuple[tuple[str, str], ...] = field(default=(), metadata={"option": TAG_OPTION})
+    azure_credential: str | None = option(
+        None, "--azure-credential", "--credential", group="azure-blob-storage",
+        choices=("azure-cli", "managed-identity", "default"), credential=True,
+        help="type of credential to use when authenticating with Azure; if omitted, "
+        "credentials come from the environment (connection string, account key or SAS "
+        "token); --credential is deprecated",
+    )
+    encryption_scope: str | None = option(
+        None, "--encryption-scope", group="azure-blob-storage", writes=True,
+        help="the name of an encryption scope defined in the Azure Blob Storage service, used "
+        "to encrypt the data in Azure",
+    )
+    kms_key_name: str | None = option(
+        None, "--kms-key-name", group="google-cloud-storage", writes=True,
+        help="the name of the GCP KMS key used to encrypt the data in GCS",
+    )
 
     def to_dict(self) -> dict[str, object]:
         values = dataclasses.asdict(self)
@@ -40,6 +111,40 @@ class StoreConfig:
         values = dict(data)
         values["tags"] = tuple(tuple(tag) for tag in values.get("tags") or ())  # type: ignore[attr-defined]
         return cls(**values)  # type: ignore[arg-type]
+
+
+def store_options() -> list[tuple[dataclasses.Field[Any], StoreOption]]:
+    """The StoreConfig fields users set, in declaration order, with their declarations."""
+    return [(f, f.metadata["option"]) for f in dataclasses.fields(StoreConfig)
+            if "option" in f.metadata]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, declared by it so the engine never probes.
+
+    lists_uploads: `list_uploads` finds uploads in progress (S3 multipart uploads, Azure blobs
+        with only uncommitted blocks); GCS resumable sessions cannot be listed and expire alone.
+    tags: what `--tags` become in this store.
+    checksum: what the store itself verifies of the bytes uploaded (None: only the transport).
+    engine_retries_parts: the engine re-sends a failed part (runner/retry.py); False where the
+        upload resumes a part itself (a GCS session cannot re-send a part from its start).
+    accepts_buffers: `upload_part` takes the PartWriter's bytearray as it is; others get bytes.
+    """
+
+    lists_uploads: bool
+    tags: str
+    checksum: str | None
+    engine_retries_parts: bool = True
+    accepts_buffers: bool = False
+
+
+class Upload(NamedTuple):
+    """An upload in progress that never completed: `upload_id` is "" where the store has none."""
+
+    key: str
+    upload_id: str
+    initiated: dt.datetime
 
 
 class MultipartUpload(Protocol):
@@ -59,6 +164,7 @@ class ObjectStore(Protocol):
 
     bucket: str
     base_path: str
+    capabilities: Capabilities
 
     def check(self) -> None:
         """Raise CloudConnectionError if the endpoint is unreachable, BucketMissing if the bucket
@@ -69,11 +175,24 @@ class ObjectStore(Protocol):
 
     def get(self, key: str) -> bytes: ...
 
+    def iter_object(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """The object's bytes as a stream of chunks, in memory bounded by `chunk_size`."""
+        ...
+
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
         """(key, size) of every object under prefix."""
         ...
 
+    def delete(self, key: str) -> None: ...
+
     def start_multipart(self, key: str) -> MultipartUpload: ...
+
+    def list_uploads(self, prefix: str) -> Iterator[Upload]:
+        """Uploads in progress under prefix; nothing where `capabilities.lists_uploads` is
+        False."""
+        ...
+
+    def abort_upload(self, upload: Upload) -> None: ...
 
     @property
     def min_part_size(self) -> int: ...

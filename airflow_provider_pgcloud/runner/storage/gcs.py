@@ -38,8 +38,15 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
 
-from ..errors import BackupFailed, BucketMissing, CloudConnectionError, InputError, first_line
-from .base import StoreConfig
+from ..errors import (
+    BackupFailed,
+    BucketMissing,
+    CloudConnectionError,
+    InputError,
+    first_line,
+    missing_module,
+)
+from .base import Capabilities, StoreConfig, Upload
 
 try:
     import google_crc32c
@@ -50,10 +57,7 @@ try:
     from google.cloud.storage import Blob, Client
     from google.cloud.storage.retry import DEFAULT_RETRY
 except ImportError as _exc:  # the `google` extra is not installed
-    raise BackupFailed(
-        "Missing required python module: google-cloud-storage "
-        f"(install airflow-provider-pgcloud[google]): {_exc}"
-    ) from None
+    raise missing_module("google-cloud-storage", "google", _exc) from None
 
 CONSOLE_URL = "https://console.cloud.google.com/storage/browser/"
 CHUNK_ALIGNMENT = 256 << 10  # every resumable chunk but the last is a multiple of this
@@ -109,10 +113,9 @@ class GCSResumableUpload:
     """One object written through a resumable upload session, chunk after chunk.
 
     `upload_part` may be called from several threads; calls proceed in part-number order.
-    A failed chunk is resumed here (`_send`), never re-sent by the engine: `part_retry`.
+    A failed chunk is resumed here (`_send`), never re-sent by the engine (the store's
+    `capabilities.engine_retries_parts` is False).
     """
-
-    part_retry = False
 
     def __init__(self, blob: Blob, key: str, timeout: tuple[float, float]) -> None:
         self.key = key
@@ -248,6 +251,9 @@ class GCSStore:
 
     min_part_size = MIN_PART_SIZE
     max_parts = MAX_PARTS
+    capabilities = Capabilities(lists_uploads=False, tags="object metadata",
+                                checksum="CRC32C of the whole object",
+                                engine_retries_parts=False)
 
     def __init__(self, config: StoreConfig, client: Client | None = None) -> None:
         """`client` lets a caller that holds one (Airflow's GCSHook) supply it; otherwise the
@@ -306,7 +312,6 @@ class GCSStore:
     def start_multipart(self, key: str) -> GCSResumableUpload:
         return GCSResumableUpload(self._blob(key), key, self._timeout)
 
-    # --- maintenance (verify and cleanup); resumable sessions cannot be listed ---
     def iter_object(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         with self._bucket.blob(key, chunk_size=chunk_size).open(
                 "rb", timeout=self._timeout) as reader:
@@ -315,6 +320,15 @@ class GCSStore:
 
     def delete(self, key: str) -> None:
         self._bucket.blob(key).delete(timeout=self._timeout, retry=DEFAULT_RETRY)
+
+    def list_uploads(self, prefix: str) -> Iterator[Upload]:
+        """Resumable upload sessions cannot be listed; they expire by themselves after a week."""
+        return iter(())
+
+    def abort_upload(self, upload: Upload) -> None:
+        """Cancel a resumable session: its `upload_id` is the session URL."""
+        with requests.Session() as http:
+            http.delete(upload.upload_id, timeout=self._timeout)
 
     def close(self) -> None:
         if not self._supplied:

@@ -19,7 +19,6 @@ checksums, as boto3 sends them with `request_checksum_calculation=when_required`
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import logging
 import threading
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ import crc32c
 from botocore.config import Config
 
 from ..errors import BackupFailed, BucketMissing, CloudConnectionError, InputError, PgCloudError
-from .base import StoreConfig
+from .base import Capabilities, StoreConfig, Upload
 
 _UNREACHABLE = (
     botocore.exceptions.EndpointConnectionError,
@@ -76,10 +75,6 @@ class S3MultipartUpload:
     cleanup (runner/cleanup.py) rather than delaying the failure.
     """
 
-    # PartWriter may hand over its bytearray part buffers: botocore sends a bytearray body in
-    # one piece, where it wraps bytes in a BytesIO that it hashes and sends in small copies
-    accepts_buffers = True
-
     def __init__(self, client: Any, bucket: str, key: str, upload_id: str, part_client: Any,
                  checksums: bool) -> None:
         self.key = key
@@ -117,6 +112,10 @@ class S3Store:
 
     min_part_size = MIN_PART_SIZE
     max_parts = MAX_PARTS
+    # accepts_buffers: botocore sends a bytearray body in one piece, where it wraps bytes in a
+    # BytesIO that it hashes and sends in small copies
+    capabilities = Capabilities(lists_uploads=True, tags="object tags",
+                                checksum="CRC32C of every part", accepts_buffers=True)
 
     def __init__(self, config: StoreConfig, session: boto3.Session | None = None,
                  max_connections: int = 10) -> None:
@@ -228,7 +227,6 @@ class S3Store:
         return S3MultipartUpload(self._client, self.bucket, key, response["UploadId"],
                                  self._part_client, checksums)
 
-    # --- maintenance (verify and cleanup) ---
     def iter_object(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
         try:
@@ -239,15 +237,16 @@ class S3Store:
     def delete(self, key: str) -> None:
         self._client.delete_object(Bucket=self.bucket, Key=key)
 
-    def list_uploads(self, prefix: str) -> Iterator[tuple[str, str, dt.datetime]]:
-        """(key, upload ID, initiated) of every multipart upload in progress under prefix."""
+    def list_uploads(self, prefix: str) -> Iterator[Upload]:
+        """Every multipart upload in progress under prefix."""
         paginator = self._client.get_paginator("list_multipart_uploads")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
             for item in page.get("Uploads", ()):
-                yield item["Key"], item["UploadId"], item["Initiated"]
+                yield Upload(item["Key"], item["UploadId"], item["Initiated"])
 
-    def abort_upload(self, key: str, upload_id: str) -> None:
-        self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+    def abort_upload(self, upload: Upload) -> None:
+        self._client.abort_multipart_upload(Bucket=self.bucket, Key=upload.key,
+                                            UploadId=upload.upload_id)
 
     def close(self) -> None:
         self._client.close()

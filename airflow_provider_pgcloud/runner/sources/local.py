@@ -1,27 +1,28 @@
-"""Walk PGDATA and tablespaces the way Barman archives them, and cut the walk into chunks.
+"""The local-files source: the cluster's own files, walked the way Barman archives them.
 
 Every archive (PGDATA as `data`, each tablespace by its OID) is walked in one deterministic
 order: entries sorted by name, a directory compared as `name/`. In that order a path sorts
-right after its parent and before the parent's next sibling, so a chunk is fully described by
-the keys of its first and last entry. That keeps chunk descriptors tiny (XCom stays small for
-a million files) and lets an upload task re-walk only the subtrees its range covers.
+right after its parent and before the parent's next sibling, so a chunk (plan.py) is fully
+described by the keys of its first and last entry. That keeps chunk descriptors tiny (XCom
+stays small for a million files) and lets an upload task re-walk only the subtrees its range
+covers. Exclusions are Barman's and pg_basebackup's.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import stat
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .cpu import worker_processes
-from .errors import BackupFailed
-from .workload import Workload
+from ..errors import BackupFailed
+from ..layout import DATA
 
-DATA = "data"
+if TYPE_CHECKING:
+    from ..plan import Chunk
 
 # Contents dropped, directory kept (anchored at the PGDATA root), as Barman and pg_basebackup do.
 _DATA_EMPTY_DIRS = frozenset(
@@ -67,7 +68,7 @@ TAR_BLOCK = 512
 
 @dataclass(frozen=True)
 class Entry:
-    """One walked filesystem entry."""
+    """One walked filesystem entry: an archive.Member, with its place in the walk."""
 
     key: str  # sort key: relative path, with a trailing "/" for directories ("" is the root)
     path: str  # absolute path on disk
@@ -98,30 +99,6 @@ class ArchiveRoot:
     tablespace_prefix: str | None = None  # "PG_15_" for tablespaces: only that subtree is kept
     skip: tuple[str, ...] = ()  # relative paths to leave out (tablespaces located inside PGDATA)
     finished_copy: bool = False  # a finished backup on disk: keep pg_control and backup_label
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """A contiguous range of one archive's walk: the unit of work of one upload task."""
-
-    archive: str
-    index: int
-    first: str
-    last: str
-    planned_bytes: int
-    files: int
-
-    @property
-    def name(self) -> str:
-        """Object stem as Barman names split archives: `data`, `data_0001`, `16384_0002`."""
-        return self.archive if self.index == 0 else f"{self.archive}_{self.index:04d}"
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, object]) -> Chunk:
-        return cls(**data)  # type: ignore[arg-type]
 
 
 def _excluded(root: ArchiveRoot, rel: str, name: str, is_dir: bool, depth: int) -> bool:
@@ -200,65 +177,6 @@ def _walk_dir(
             yield from _walk_dir(root, full, key, depth + 1, lo, hi)
 
 
-DEFAULT_MIN_ARCHIVE_SIZE = 64 << 20
-
-
-def chunk_target(total: int, jobs: int, floor: int) -> int:
-    """Work per chunk: enough chunks to keep every worker busy.
-
-    Four chunks per worker process (jobs capped at the cores, as the uploads are) balance
-    what the estimate gets wrong. Chunks are not cut below `floor` unless that would leave a
-    worker idle: each object has a fixed cost (a request, and in Airflow a whole task), so a
-    small cluster becomes one object per worker, not hundreds of tiny ones.
-    """
-    workers = worker_processes(jobs)
-    balanced = math.ceil(total / (workers * 4))
-    one_each = math.ceil(total / workers)
-    return max(1, balanced, min(floor, one_each))
-
-
-def plan_chunks(roots: list[ArchiveRoot], jobs: int, max_archive_size: int,
-                min_archive_size: int = DEFAULT_MIN_ARCHIVE_SIZE,
-                compression: str | None = None) -> list[Chunk]:
-    """Walk every archive and cut it into chunks of about equal work, most work first.
-
-    Work is estimated per file for the backup's codec (workload.py): bytes that will not
-    compress weigh more than bytes that will. `min_archive_size` is converted at the
-    cluster's average work per byte; `max_archive_size` bounds a chunk's bytes. A file is
-    never split, so a chunk can exceed its share by at most one file (PostgreSQL files are at
-    most 1 GiB). Every archive yields at least one chunk: Barman's restore needs the
-    unnumbered main object. Two streaming walks (one to price, one to cut), so memory does
-    not grow with the number of small files. The order returned is the order to start them
-    in: a 1 GiB relation file is one indivisible chunk, and starting it last would leave
-    the other workers idle while it runs.
-    """
-    workload = Workload(compression)
-    for root in roots:
-        for entry in walk(root):
-            workload.add(entry)
-    per_byte = workload.total / max(workload.bytes, 1)
-    target = chunk_target(workload.total, jobs, math.ceil(min_archive_size * per_byte))
-    planned: list[tuple[int, Chunk]] = []
-    for root in roots:
-        index, first, last, size, work, files = 0, "", "", 0, 0, 0
-        for entry in walk(root):
-            cost = workload.cost(entry)
-            if size and (work + cost > target or size + entry.tar_size > max_archive_size):
-                planned.append((work, Chunk(root.archive, index, first, last, size, files)))
-                index, size, work, files = index + 1, 0, 0, 0
-            if not size:
-                first = entry.key
-            last = entry.key
-            size += entry.tar_size
-            work += cost
-            files += 0 if entry.is_dir else 1
-        if size:
-            planned.append((work, Chunk(root.archive, index, first, last, size, files)))
-        elif not index:  # an empty tablespace still gets its (empty) main archive
-            planned.append((0, Chunk(root.archive, 0, "\x00", "\x00", 0, 0)))
-    return [chunk for _, chunk in sorted(planned, key=lambda item: -item[0])]
-
-
 def tablespace_prefix(major: str) -> str:
     """The per-version directory PostgreSQL creates inside a tablespace: `PG_15_`, `PG_9.6_`."""
     return f"PG_{major}_"
@@ -271,3 +189,33 @@ def relative_inside(path: str, pgdata: str) -> str | None:
         return str(real.relative_to(base))
     except ValueError:
         return None
+
+
+class LocalFiles:
+    """The source of an archive backup taken from the cluster's files on this host."""
+
+    def __init__(self, roots: Sequence[ArchiveRoot]) -> None:
+        self.roots = list(roots)
+
+    def root(self, archive: str) -> ArchiveRoot:
+        return next(root for root in self.roots if root.archive == archive)
+
+    def members(self, chunk: Chunk) -> Iterator[Entry]:
+        """The members of one planned chunk, in archive order."""
+        return walk(self.root(chunk.archive), chunk.first, chunk.last)
+
+
+def archive_roots(
+    pgdata: str, tablespaces: Sequence[tuple[str, int, str]], major: str
+) -> list[ArchiveRoot]:
+    """The archives of a running cluster: PGDATA (without the tablespaces located inside it)
+    and one per tablespace."""
+    inside = tuple(
+        rel for _, _, location in tablespaces if (rel := relative_inside(location, pgdata))
+    )
+    roots = [ArchiveRoot(DATA, os.path.realpath(pgdata), skip=inside)]
+    roots += [
+        ArchiveRoot(str(oid), location, tablespace_prefix=tablespace_prefix(major))
+        for _, oid, location in tablespaces
+    ]
+    return roots

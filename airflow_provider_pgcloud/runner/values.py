@@ -1,8 +1,9 @@
-"""Rendered template values -> the engine's types.
+"""Option values as users give them -> the engine's types, and the rules they must follow.
 
-Templated operator fields arrive as strings unless the DAG renders native objects
-(`"{{ params.jobs }}"` is `"2"`, a null Param is `"None"`), so every option is read through one
-of these, which accept both the native value and its rendered text.
+The command line parses its own text (runner/cli/); everything else reads values through these:
+an Airflow operator's templated fields arrive as strings unless the DAG renders native objects
+(`"{{ params.jobs }}"` is `"2"`, a null Param is `"None"`), so each function accepts both the
+native value and its rendered text. The tag rules are Barman's, for both.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..runner.sizes import parse_size
+from .errors import PgCloudError
+from .sizes import parse_size
+from .storage.base import StoreConfig, store_options
 
 _NONE_TEXT = ("", "none", "null")
 
@@ -68,7 +71,7 @@ def as_seconds(value: Any, name: str) -> float:
         raise ValueError(f"{name} must be a number of seconds, not {value!r}") from None
 
 
-def _literal(value: Any) -> Any:
+def literal(value: Any) -> Any:
     """A rendered dict/list comes back as its repr; read it back (never evaluates code)."""
     if isinstance(value, str) and value.strip()[:1] in ("{", "[", "("):
         try:
@@ -78,41 +81,88 @@ def _literal(value: Any) -> Any:
     return value
 
 
+MAX_TAGS = 10
+
+
+def parse_tag(text: str) -> tuple[str, str]:
+    """One `KEY,VALUE` tag, CSV-quoted as Barman reads it; ValueError otherwise."""
+    try:
+        fields = next(csv.reader([text], delimiter=","))
+    except (csv.Error, StopIteration) as exc:
+        raise ValueError(f"Error parsing tag {text}: {exc}") from None
+    if len(fields) != 2:
+        raise ValueError(f"Invalid tag format: {text}")
+    return fields[0], fields[1]
+
+
+def check_tags(tags: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """Barman's rules for a set of tags: at most ten, each key once (PgCloudError, exit 4)."""
+    tags = tuple(tags)
+    if len(tags) > MAX_TAGS:
+        raise PgCloudError("Maximum number of tags per object exceeded: no more than "
+                           f"{MAX_TAGS} tags")
+    keys = [key for key, _ in tags]
+    if len(set(keys)) != len(keys):
+        raise PgCloudError("Duplicate tag keys found. Tag keys must be unique.")
+    return tags
+
+
 def as_tags(value: Any) -> tuple[tuple[str, str], ...]:
     """Tags as (key, value) pairs from a mapping, pairs, or "KEY,VALUE" strings (Barman's form).
 
     A single string may hold several "KEY,VALUE" entries, one per line.
     """
-    value = _literal(value)
+    value = literal(value)
     if value is None or (isinstance(value, str) and optional_str(value) is None):
         return ()
     if isinstance(value, Mapping):
-        return tuple((str(k), str(v)) for k, v in value.items())
+        return check_tags((str(k), str(v)) for k, v in value.items())
     items: Iterable[Any] = value.splitlines() if isinstance(value, str) else value
     tags: list[tuple[str, str]] = []
     for item in items:
         if isinstance(item, str):
-            if not item.strip():
-                continue
-            fields = next(csv.reader([item.strip()]))
-        else:
-            fields = [str(part) for part in item]
+            if item.strip():
+                tags.append(parse_tag(item.strip()))
+            continue
+        fields = [str(part) for part in item]
         if len(fields) != 2:
-            raise ValueError(f"invalid tag {item!r}: expected KEY,VALUE")
+            raise ValueError(f"Invalid tag format: {item!r}")
         tags.append((fields[0], fields[1]))
-    keys = [key for key, _ in tags]
-    if len(set(keys)) != len(keys):
-        raise ValueError("duplicate tag keys: tag keys must be unique")
-    if len(tags) > 10:
-        raise ValueError("no more than 10 tags per object")
-    return tuple(tags)
+    return check_tags(tags)
 
 
 def as_list(value: Any) -> list[str]:
     """A list of strings from a list or its rendered text; empty for None/'None'/''."""
-    value = _literal(value)
+    value = literal(value)
     if value is None or (isinstance(value, str) and optional_str(value) is None):
         return []
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return [str(item) for item in value if optional_str(item) is not None]
+
+
+def store_config(destination_url: Any, values: Mapping[str, Any]) -> StoreConfig:
+    """A StoreConfig from the store options in `values`, by StoreConfig field name, each a
+    native value or its rendered text; unset ones (None, "None", "") keep their defaults.
+    ValueError names an option whose value is not allowed."""
+    config: dict[str, Any] = {}
+    for spec, option in store_options():
+        if spec.name not in values:
+            continue
+        if option.kind == "tags":
+            config[spec.name] = as_tags(values[spec.name])
+            continue
+        text = optional_str(values[spec.name])
+        if text is None:
+            continue
+        if option.choices and text not in option.choices:
+            raise ValueError(f"unknown {spec.name} {text!r}: expected one of "
+                             f"{', '.join(option.choices)}")
+        if option.kind == "positive":
+            number = as_int(text, spec.name)
+            if number < 1:
+                raise ValueError(f"{spec.name} must be a positive integer, not {text!r}")
+            config[spec.name] = number
+        else:
+            config[spec.name] = text
+    return StoreConfig(destination_url=str(destination_url).strip(), **config)

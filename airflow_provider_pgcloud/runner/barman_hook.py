@@ -20,25 +20,27 @@ scripts); an upload failure exits 1 and leaves the local `backup.info` untouched
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import logging
 import os
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from . import backup_info as bi
+from . import layout
 from .backup import upload_chunks
 from .codecs import get_codec
-from .errors import BackupFailed, HookAbort, InputError, PgCloudError
-from .manifest import write_index
-from .pgdata import DATA, ArchiveRoot, plan_chunks, tablespace_prefix
+from .errors import BackupFailed, HookAbort, PgCloudError
+from .layout import DATA
+from .manifest import seal_archives
+from .phases import Phases, failure_reason
+from .plan import plan_chunks
 from .sizes import format_size
+from .sources.local import ArchiveRoot, tablespace_prefix
 from .steps import BackupOptions, BackupState, ChunkResult
-from .storage import ObjectStore, StoreConfig, open_store
+from .storage import ObjectStore, open_store
 
 log = logging.getLogger("pgcloud")
 
@@ -150,33 +152,6 @@ def _state_info(backup: BarmanBackup) -> dict[str, Any]:
     }
 
 
-_ARCHIVE_NAME = re.compile(r"^(?:data|\d+)(?:_\d{4})?\.tar(?:\.[a-z0-9]+)?$")
-
-
-def _check_stored(state: BackupState, store: ObjectStore) -> None:
-    """Every planned object is stored, and no archive of an earlier attempt remains.
-
-    A retry script may run again after a partial upload made with other options (-S, -J, a
-    codec): a leftover `data_0007.tar` would be extracted by barman-cloud-restore on top of
-    this backup, so backup.info is not written while one exists.
-    """
-    suffix = get_codec(state.compression).suffix
-    expected = {bi.archive_key(state.prefix, chunk.name, suffix) for chunk in state.chunks}
-    stored = {key for key, _ in store.list(state.prefix + "/")}
-    missing = sorted(expected - stored)
-    if missing:
-        raise BackupFailed(f"archive objects missing from the store: {', '.join(missing)}")
-    stale = sorted(
-        key for key in stored - expected
-        if _ARCHIVE_NAME.match(key[len(state.prefix) + 1 :])
-    )
-    if stale:
-        raise BackupFailed(
-            f"objects of an earlier upload remain under {state.prefix}/: {', '.join(stale)}"
-            " (delete them, or upload with the options used before)"
-        )
-
-
 def _check_directory(path: str) -> None:
     if not os.path.isdir(path):
         raise BackupFailed(f"directory {path} does not exist")
@@ -196,67 +171,46 @@ def upload_barman_backup(
     started = time.time()
     upload_store = store
     store = store or open_store(options.store)
+
+    def on_failure(state: BackupState | None, phase: str, exc: BaseException) -> BackupFailed:
+        # Barman's one message for any failure of hook mode; nothing is recorded in the store
+        return BackupFailed(f"Backup upload failed {phase} ({failure_reason(exc)})")
+
     try:
-        roots = barman_roots(backup)
-        for root in roots:
-            _check_directory(root.path)
-        store.check()
-        prefix = bi.backup_prefix(store.base_path, options.server_name, backup.backup_id)
-        state = BackupState(
-            backup_id=backup.backup_id, prefix=prefix, store=options.store,
-            compression=options.compression, min_chunk_size=options.min_chunk_size,
-            backup_name=None, jobs=options.jobs, info=_state_info(backup), roots=roots,
-            chunks=plan_chunks(
-                roots, options.jobs, options.max_archive_size, options.min_archive_size,
-                options.compression,
-            ),
-            started_at=started,
-        )
-        log.info(
-            "uploading Barman backup %s from %s: %s in %d archive objects",
-            backup.backup_id, backup.backup_dir, format_size(state.planned_bytes),
-            len(state.chunks),
-        )
-        results = upload_chunks(
-            state, options.jobs, None, upload_store, max_bandwidth=options.max_bandwidth
-        )
-        _check_stored(state, store)
-        suffix = get_codec(state.compression).suffix
-        write_index(store, prefix, [bi.archive_key(prefix, chunk.name, suffix)
-                                    for chunk in state.chunks], options.server_name)
-        with open(backup.info_path, "rb") as handle:
-            store.put(bi.info_key(prefix), handle.read())
-    except BaseException as exc:
-        reason = "interrupted by the user" if isinstance(exc, KeyboardInterrupt) else (
-            (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        )
-        raise BackupFailed(f"Backup upload failed uploading data ({reason})") from exc
+        with Phases(on_failure) as phases:
+            phases.enter("uploading data")
+            roots = barman_roots(backup)
+            for root in roots:
+                _check_directory(root.path)
+            store.check()
+            prefix = layout.backup_prefix(store.base_path, options.server_name,
+                                          backup.backup_id)
+            state = phases.state = BackupState(
+                backup_id=backup.backup_id, prefix=prefix, store=options.store,
+                compression=options.compression, min_chunk_size=options.min_chunk_size,
+                backup_name=None, jobs=options.jobs, info=_state_info(backup), roots=roots,
+                chunks=plan_chunks(
+                    roots, options.jobs, options.max_archive_size, options.min_archive_size,
+                    options.compression,
+                ),
+                started_at=started,
+            )
+            log.info(
+                "uploading Barman backup %s from %s: %s in %d archive objects",
+                backup.backup_id, backup.backup_dir, format_size(state.planned_bytes),
+                len(state.chunks),
+            )
+            results = upload_chunks(
+                state, options.jobs, None, upload_store, max_bandwidth=options.max_bandwidth
+            )
+            suffix = get_codec(state.compression).suffix
+            seal_archives(store, prefix, [layout.archive_key(prefix, chunk.name, suffix)
+                                          for chunk in state.chunks], options.server_name)
+            with open(backup.info_path, "rb") as handle:
+                store.put(layout.info_key(prefix), handle.read())
     finally:
         if upload_store is None:
             store.close()
     log.info("upload of Barman backup %s completed in %.1fs", backup.backup_id,
              time.time() - started)
     return results
-
-
-def run_hook(args: argparse.Namespace, config: StoreConfig, environ: Mapping[str, str]) -> int:
-    """The command line in hook mode: check, upload, exit 0 (or raise with the exit code)."""
-    if args.backup_name:
-        # exit 4, as barman-cloud-backup: the option is valid, the situation is not
-        raise PgCloudError("Cannot set backup name when running as a hook script")
-    backup = read_barman_backup(environ)
-    try:
-        get_codec(args.compression)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
-    options = BackupOptions(
-        server_name=args.server_name,
-        store=config,
-        compression=args.compression,
-        jobs=args.jobs,
-        max_archive_size=args.max_archive_size,
-        min_chunk_size=args.min_chunk_size,
-        max_bandwidth=args.max_bandwidth,
-    )
-    upload_barman_backup(backup, options)
-    return 0

@@ -1,0 +1,14 @@
+"""The command line: every parser of every pgcloud command, and nothing else imports argparse.
+
+    backup.py    pgcloud-backup (python -m airflow_provider_pgcloud.runner): barman-cloud-backup's
+                 options, in its archive, snapshot and Barman hook-script modes
+    verify.py    pgcloud-verify: check a stored backup against its manifest
+    cleanup.py   pgcloud-cleanup: remove what dead runs left in the store
+    keeper.py    the backup-session keeper an Airflow task starts (internal)
+    snapshots.py barman-cloud-backup's snapshot options
+    common.py    what they share: argument types, verbosity, exit codes, and the store and
+                 PostgreSQL options, declared once
+
+Each command turns its arguments into the engine's dataclasses (StoreConfig, BackupOptions,
+SnapshotConfig) and calls engine functions with them.
+"""

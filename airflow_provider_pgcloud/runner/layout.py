@@ -1,0 +1,140 @@
+"""Every key and name the engine reads or writes in a store, in one place.
+
+Barman's cloud layout (what barman-cloud-backup writes and barman-cloud-restore reads), for a
+destination `<store>/<path>` and a server:
+
+    <path>/<server>/base/<backup_id>/backup.info             STARTED, then DONE or FAILED
+    <path>/<server>/base/<backup_id>/data.tar[.gz|...]       PGDATA, the main archive
+    <path>/<server>/base/<backup_id>/data_0001.tar[...]      more PGDATA archives
+    <path>/<server>/base/<backup_id>/<oid>.tar[...]          a tablespace (and <oid>_0001...)
+    <path>/<server>/base/<backup_id>/backup_label            a snapshot backup's label
+
+and this project's manifests, in a sibling prefix Barman never reads or deletes:
+
+    <path>/<server>/pgcloud/<backup_id>/archives/<archive name>.json
+    <path>/<server>/pgcloud/<backup_id>/manifest.json
+
+A backup ID is Barman's: the client's local time to the second, `%Y%m%dT%H%M%S`. Archive names
+are built from the codec registry (codecs.py), so the pattern that recognises one is the one
+that names one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import posixpath
+import re
+
+from .codecs import CODECS
+
+BASE_DIR = "base"
+MANIFEST_DIR = "pgcloud"
+DATA = "data"  # the archive of PGDATA; a tablespace's archive is named by its OID
+INFO_NAME = "backup.info"
+LABEL_NAME = "backup_label"
+
+BACKUP_ID_FORMAT = "%Y%m%dT%H%M%S"
+_BACKUP_ID = re.compile(r"^\d{8}T\d{6}$")
+ARCHIVE_NAME = re.compile(
+    r"^(?P<stem>(?P<archive>data|\d+)(?:_(?P<index>\d{4}))?)(?P<suffix>\.tar(?:"
+    + "|".join(re.escape(codec.extension) for codec in CODECS.values() if codec.extension)
+    + r")?)$"
+)
+"""An archive object's name as barman-cloud-restore recognises it: `data.tar.gz`,
+`16384_0002.tar.zst`."""
+
+
+# --- backup IDs ------------------------------------------------------------------------------
+
+def new_backup_id(now: dt.datetime | None = None) -> str:
+    """Barman's backup ID: the client's local time to the second."""
+    return (now or dt.datetime.now()).strftime(BACKUP_ID_FORMAT)
+
+
+def is_backup_id(value: str) -> bool:
+    return bool(_BACKUP_ID.match(value))
+
+
+# --- Barman's layout -------------------------------------------------------------------------
+
+def server_prefix(base_path: str, server_name: str) -> str:
+    """`<path>/<server>`: everything of one server."""
+    return posixpath.join(base_path, server_name)
+
+
+def base_prefix(base_path: str, server_name: str) -> str:
+    """`<path>/<server>/base/`: the backups of one server, as a listing prefix."""
+    return f"{server_prefix(base_path, server_name)}/{BASE_DIR}/"
+
+
+def backup_prefix(base_path: str, server_name: str, backup_id: str) -> str:
+    """`<path>/<server>/base/<backup_id>`: the directory of one backup's objects."""
+    return posixpath.join(base_path, server_name, BASE_DIR, backup_id)
+
+
+def server_of(backup_prefix: str) -> str:
+    """The server name in `<path>/<server>/base/<id>`."""
+    return posixpath.basename(posixpath.dirname(posixpath.dirname(backup_prefix)))
+
+
+def backup_id_under(key: str, prefix: str) -> str | None:
+    """The backup ID of `key` in `<prefix><backup_id>/...`, or None if that is not an ID."""
+    if not key.startswith(prefix):
+        return None
+    candidate = key[len(prefix):].split("/", 1)[0]
+    return candidate if is_backup_id(candidate) else None
+
+
+def info_key(prefix: str) -> str:
+    return f"{prefix}/{INFO_NAME}"
+
+
+def label_key(prefix: str) -> str:
+    """A snapshot backup's `backup_label`, stored as an object of its own."""
+    return f"{prefix}/{LABEL_NAME}"
+
+
+def archive_stem(archive: str, index: int) -> str:
+    """An archive object's name without its suffix, as Barman numbers split archives: `data`,
+    `data_0001`, `16384_0002`."""
+    return archive if index == 0 else f"{archive}_{index:04d}"
+
+
+def archive_key(prefix: str, stem: str, suffix: str) -> str:
+    return f"{prefix}/{stem}{suffix}"
+
+
+def archive_name(key: str) -> str:
+    return posixpath.basename(key)
+
+
+def is_archive_name(name: str) -> bool:
+    """True for an object barman-cloud-restore would extract (`data.tar.gz`, `16384_0001.tar`)."""
+    return bool(ARCHIVE_NAME.match(name))
+
+
+def archive_of(name: str) -> str:
+    """The archive an archive object belongs to: `data` for `data_0003.tar.gz`."""
+    match = ARCHIVE_NAME.match(name)
+    return match["archive"] if match else name.split(".", 1)[0]
+
+
+# --- this project's manifests ----------------------------------------------------------------
+
+def manifest_prefix(base_path: str, server_name: str) -> str:
+    """`<path>/<server>/pgcloud/`: the manifests of one server, as a listing prefix."""
+    return f"{server_prefix(base_path, server_name)}/{MANIFEST_DIR}/"
+
+
+def manifest_root(backup_prefix: str) -> str:
+    """`<path>/<server>/base/<id>` -> `<path>/<server>/pgcloud/<id>`."""
+    server_dir, backup_id = posixpath.split(backup_prefix)
+    return posixpath.join(posixpath.dirname(server_dir), MANIFEST_DIR, backup_id)
+
+
+def archive_manifest_key(backup_prefix: str, archive: str) -> str:
+    return f"{manifest_root(backup_prefix)}/archives/{archive}.json"
+
+
+def index_key(backup_prefix: str) -> str:
+    return f"{manifest_root(backup_prefix)}/manifest.json"

@@ -4,4 +4,4 @@ FROM apache/airflow:${AIRFLOW_VERSION}-python3.11
 ARG AIRFLOW_VERSION
 COPY --chown=airflow:0 pyproject.toml README.md /opt/pgcloud/
 COPY --chown=airflow:0 airflow_provider_pgcloud /opt/pgcloud/airflow_provider_pgcloud
-RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" "/opt/pgcloud[azure,google]"
+RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" "/opt/pgcloud[airflow-azure,airflow-google]"

@@ -201,6 +201,7 @@ def start_backup(options: BackupOptions, session: BackupSession, store: ObjectSt
     roots = archive_roots(cluster.pgdata, tablespaces, cluster.major)
     for root in roots:
         _check_readable(root.path)
+    LocalFiles(roots).check_cluster(cluster.systemid)
     store.check()
     backup_id = unique_backup_id(store, options.server_name)
     prefix = layout.backup_prefix(store.base_path, options.server_name, backup_id)
@@ -274,6 +275,8 @@ def upload_chunk(
     compressed tar object, then its manifest. Safe to retry: same keys. `cancelled` (an
     Event, or a callable such as watch.SessionWatch that returns True or raises) is checked
     before every member and as compressed data leaves."""
+    if source is None:
+        state.source.check_cluster(state.info.get("systemid"))
     key = layout.archive_key(state.prefix, chunk.name, get_codec(state.compression).suffix)
     progress = Progress(chunk.name, chunk.planned_bytes, log)
 
@@ -358,6 +361,7 @@ def stop_backup(state: BackupState, session: BackupSession, store: ObjectStore) 
     DONE is written only after every expected object is confirmed in the store, so a backup
     with a missing piece can never be listed as complete.
     """
+    state.source.check_cluster(state.info.get("systemid"))
     pgdata = state.source.root(DATA).path
     control_path = os.path.join(pgdata, "global", "pg_control")
     with open(control_path, "rb") as handle:

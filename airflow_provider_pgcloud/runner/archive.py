@@ -146,6 +146,24 @@ class TarWriter:
             os.close(fd)
         return True
 
+    def add_symlink_to(self, name: str, target: str, st: os.stat_result) -> None:
+        self._header(name, st, tarfile.SYMTYPE, linkname=target)
+
+    def add_stream(self, name: str, st: os.stat_result, size: int,
+                   read: Callable[[int], bytes]) -> None:
+        """Add a regular file of `size` bytes read from `read` (another tar stream, as a
+        server sends it); a stream that ends early is an error, not a file to pad."""
+        self._header(name, st, tarfile.REGTYPE, size=size)
+        remaining = size
+        while remaining:
+            data = read(min(READ_SIZE, remaining))
+            if not data:
+                raise EOFError(f"{name}: the stream ended {remaining} bytes early")
+            self._write(data)
+            remaining -= len(data)
+        if size % BLOCK:
+            self._write(bytes(BLOCK - size % BLOCK))
+
     def add_bytes(self, name: str, data: bytes, mode: int = 0o600) -> None:
         """Add an in-memory member (backup_label)."""
         info = tarfile.TarInfo(name)

@@ -190,7 +190,7 @@ def store_archive_manifest(
 
 
 def seal_archives(store: ObjectStore, backup_prefix: str, archive_keys: list[str],
-                  server_name: str) -> str:
+                  server_name: str, checksum_failures: list[dict[str, Any]] | None = None) -> str:
     """The completeness check every backup with archives passes before backup.info says DONE:
     every expected archive object is stored, no other one is (barman-cloud-restore would
     extract a leftover `data_0007.tar` of an earlier attempt on top of this backup), and every
@@ -207,15 +207,16 @@ def seal_archives(store: ObjectStore, backup_prefix: str, archive_keys: list[str
             f"objects of an earlier upload remain under {backup_prefix}/: {', '.join(stale)}"
             " (delete them, or upload with the options used before)"
         )
-    return write_index(store, backup_prefix, archive_keys, server_name)
+    return write_index(store, backup_prefix, archive_keys, server_name, checksum_failures)
 
 
 def write_index(store: ObjectStore, backup_prefix: str, archive_keys: list[str],
-                server_name: str) -> str:
+                server_name: str, checksum_failures: list[dict[str, Any]] | None = None) -> str:
     """Write the index of a finished backup's manifest; every archive must have its manifest.
 
     Raises BackupFailed naming the archives whose manifest is missing, so a backup is never
-    DONE without a complete manifest.
+    DONE without a complete manifest. `checksum_failures` (archive, path, blocks, total) are
+    the pages the server found damaged while it sent them: recorded, and reported by verify.
     """
     root = manifest_root(backup_prefix)
     stored = dict(store.list(f"{root}/archives/"))
@@ -238,6 +239,8 @@ def write_index(store: ObjectStore, backup_prefix: str, archive_keys: list[str],
         "created": dt.datetime.now(dt.UTC).isoformat(),
         "archives": archives,
     }
+    if checksum_failures:
+        document["checksum_failures"] = checksum_failures
     key = index_key(backup_prefix)
     store.put(key, json.dumps(document, indent=1).encode())
     return key

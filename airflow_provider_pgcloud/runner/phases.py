@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any
 
 from .errors import BackupFailed, PgCloudError, first_line
-from .session import BackupSession
+from .session import Abortable
 from .steps import BackupState, fail_backup
 from .storage.base import ObjectStore
 
@@ -57,7 +57,7 @@ def failure_reason(exc: BaseException) -> str:
     return "interrupted by the user" if isinstance(exc, KeyboardInterrupt) else first_line(exc)
 
 
-def record_failure(store: ObjectStore, session: BackupSession | None) -> OnFailure:
+def record_failure(store: ObjectStore, session: Abortable | None) -> OnFailure:
     """The failure handling of a backup held by a database session: once the backup has
     started (there is a state), abort the session and write backup.info FAILED; the error
     raised is a BackupFailed (exit 1)."""
@@ -72,7 +72,7 @@ def record_failure(store: ObjectStore, session: BackupSession | None) -> OnFailu
 
 
 def backup_failed(state: BackupState, store: ObjectStore, phase: str, exc: BaseException,
-                  session: BackupSession | None) -> BackupFailed:
+                  session: Abortable | None) -> BackupFailed:
     """Record `exc`, raised while `phase` (e.g. "uploading data"), as the backup's failure:
     abort the session, write backup.info FAILED with Barman's `failure <phase> (<reason>)`,
     and return the BackupFailed (exit 1) for the caller to raise."""

@@ -7,6 +7,7 @@ lives from start to stop (in the runner's process, or in the keeper between Airf
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,6 +90,50 @@ class StopPoint:
 
 
 
+Query = Callable[[str, tuple[Any, ...]], list[tuple[Any, ...]]]
+"""Runs one SQL statement with `%s` parameters and returns its rows."""
+
+
+def read_cluster_info(query: Query, version: int) -> ClusterInfo:
+    """What Barman records about the cluster, through any connection that runs SQL (a normal
+    session, or a replication connection to a database)."""
+
+    def value(sql: str, params: tuple[Any, ...] = ()) -> Any:
+        return query(sql, params)[0][0]
+
+    def setting(name: str) -> str:
+        return str(value("SELECT setting FROM pg_settings WHERE name = %s", (name,)))
+
+    included = [
+        row[0] for row in query(
+            "SELECT DISTINCT sourcefile FROM pg_file_settings "
+            "WHERE sourcefile IS NOT NULL AND sourcefile NOT IN "
+            "(SELECT setting FROM pg_settings WHERE name = 'config_file')", ()
+        )
+    ]
+    tablespaces = [
+        Tablespace(name, int(oid), location) for name, oid, location in query(
+            "SELECT spcname, oid, pg_tablespace_location(oid) FROM pg_tablespace "
+            "WHERE pg_tablespace_location(oid) != '' ORDER BY oid", ()
+        )
+    ]
+    return ClusterInfo(
+        pgdata=setting("data_directory"),
+        version=version,
+        xlog_segment_size=int(setting("wal_segment_size")) * (1 if version >= 110000 else 8192),
+        config_file=setting("config_file"),
+        hba_file=setting("hba_file"),
+        ident_file=setting("ident_file"),
+        included_files=included or None,
+        tablespaces=tablespaces,
+        data_checksums=setting("data_checksums"),
+        summarize_wal=setting("summarize_wal") if version >= 170000 else None,
+        cluster_size=int(value("SELECT sum(pg_tablespace_size(oid)) FROM pg_tablespace")),
+        systemid=str(value("SELECT system_identifier::text FROM pg_control_system()")),
+        in_recovery=bool(value("SELECT pg_is_in_recovery()")),
+    )
+
+
 class PostgresSession:
     """One autocommit connection that starts, keeps and stops a backup."""
 
@@ -122,39 +167,8 @@ class PostgresSession:
     def _value(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
         return self._query(sql, params)[0][0]
 
-    def _setting(self, name: str) -> str:
-        return str(self._value("SELECT setting FROM pg_settings WHERE name = %s", (name,)))
-
     def cluster_info(self) -> ClusterInfo:
-        included = [
-            row[0] for row in self._query(
-                "SELECT DISTINCT sourcefile FROM pg_file_settings "
-                "WHERE sourcefile IS NOT NULL AND sourcefile NOT IN "
-                "(SELECT setting FROM pg_settings WHERE name = 'config_file')"
-            )
-        ]
-        tablespaces = [
-            Tablespace(name, int(oid), location) for name, oid, location in self._query(
-                "SELECT spcname, oid, pg_tablespace_location(oid) FROM pg_tablespace "
-                "WHERE pg_tablespace_location(oid) != '' ORDER BY oid"
-            )
-        ]
-        return ClusterInfo(
-            pgdata=self._setting("data_directory"),
-            version=self.version,
-            xlog_segment_size=int(self._setting("wal_segment_size"))
-            * (1 if self.version >= 110000 else 8192),
-            config_file=self._setting("config_file"),
-            hba_file=self._setting("hba_file"),
-            ident_file=self._setting("ident_file"),
-            included_files=included or None,
-            tablespaces=tablespaces,
-            data_checksums=self._setting("data_checksums"),
-            summarize_wal=self._setting("summarize_wal") if self.version >= 170000 else None,
-            cluster_size=int(self._value("SELECT sum(pg_tablespace_size(oid)) FROM pg_tablespace")),
-            systemid=str(self._value("SELECT system_identifier::text FROM pg_control_system()")),
-            in_recovery=bool(self._value("SELECT pg_is_in_recovery()")),
-        )
+        return read_cluster_info(self._query, self.version)
 
     def start_backup(self, label: str, fast: bool) -> StartPoint:
         """pg_backup_start (15+) or non-exclusive pg_start_backup (older)."""

@@ -29,6 +29,12 @@ KEEPALIVE_SECONDS = 10.0
 DEFAULT_DEADLINE_SECONDS = 24 * 3600.0
 
 
+class Abortable(Protocol):
+    def abort(self) -> None:
+        """End the database side of a backup that will not complete."""
+        ...
+
+
 class BackupSession(Protocol):
     """The operations a backup needs from its database session, wherever it lives."""
 

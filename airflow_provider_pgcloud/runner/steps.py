@@ -28,7 +28,7 @@ from .manifest import ManifestTarWriter, seal_archives, store_archive_manifest
 from .plan import DEFAULT_MIN_ARCHIVE_SIZE, Chunk, plan_chunks
 from .postgres import ClusterInfo, StartPoint, StopPoint
 from .progress import Progress
-from .session import BackupSession
+from .session import Abortable, BackupSession
 from .sizes import format_size
 from .sources import Source
 from .sources.local import ArchiveRoot, LocalFiles, archive_roots, relative_inside
@@ -58,6 +58,8 @@ class BackupOptions:
     backup_name: str | None = None
     max_bandwidth: int | None = None
     keepalive_interval: float = 60
+    streaming: bool = False  # the server sends its files (sources/stream.py)
+    accept_checksum_failures: bool = False  # streaming: damaged pages do not fail the run
 
 
 @dataclass
@@ -232,7 +234,7 @@ def start_backup(options: BackupOptions, session: BackupSession, store: ObjectSt
     return state
 
 
-def _store_archive(
+def store_archive(
     state: BackupState, store: ObjectStore, key: str, fill: Callable[[ManifestTarWriter], None],
     *, planned_bytes: int = 0, threads: int = 0, max_in_flight: int = 2,
     throttle: Callable[[int], None] | None = None, cancelled: Any = None,
@@ -288,7 +290,7 @@ def upload_chunk(
             tar.add(member)
             progress.advance(tar.raw_bytes - before)
 
-    raw_bytes, stored_bytes = _store_archive(
+    raw_bytes, stored_bytes = store_archive(
         state, store, key, fill, planned_bytes=chunk.planned_bytes,
         threads=compression_threads(state.jobs), max_in_flight=parts_in_flight(state.jobs),
         throttle=throttle, cancelled=cancelled,
@@ -377,7 +379,7 @@ def stop_backup(state: BackupState, session: BackupSession, store: ObjectStore) 
             tar.add_bytes(name, data, mode=mode)
         tar.add_bytes("backup_label", point.backup_label.encode(), mode=0o600)
 
-    _store_archive(state, store, key, fill)
+    store_archive(state, store, key, fill)
     seal_archives(store, state.prefix, expected_keys(state), state.server_name)
     elapsed = time.time() - state.started_at
     info = done_info(state, point, copy_stats={
@@ -391,7 +393,7 @@ def stop_backup(state: BackupState, session: BackupSession, store: ObjectStore) 
 
 
 def fail_backup(state: BackupState, store: ObjectStore, reason: str,
-                session: BackupSession | None = None) -> None:
+                session: Abortable | None = None) -> None:
     """Abort the database backup (if we still hold it) and record the backup as FAILED."""
     if session is not None:
         try:

@@ -276,6 +276,16 @@ def verify_backup(store: ObjectStore, server_name: str, backup_id: str) -> Verif
     for stem in [layout.DATA, *(str(oid) for _, oid, _ in info.get("tablespaces") or ())]:
         if stem not in mains:
             raise VerifyFailed(f"{stem}.tar*: the main archive is missing", stem)
+    damaged = index.get("checksum_failures") or []
+    if damaged:
+        first = damaged[0]
+        names = "; ".join(
+            f"{d['archive']}: {d['path']} (blocks {', '.join(map(str, d['blocks']))}"
+            f"{', ' + str(d['total']) + ' in all' if d['total'] > len(d['blocks']) else ''})"
+            for d in damaged)
+        raise VerifyFailed(f"the archives match the manifest, but the server found pages "
+                           f"whose checksum failed as it sent them: {names}",
+                           first["archive"], first["path"])
     return VerifyReport(backup_id, archives, files, nbytes, stored_bytes,
                         time.monotonic() - started)
 

@@ -22,6 +22,7 @@ from ..errors import InputError, PgCloudError
 from ..snapshot_backup import run_snapshot_backup
 from ..steps import DEFAULT_MAX_ARCHIVE_SIZE, DEFAULT_MIN_CHUNK_SIZE, BackupOptions
 from ..storage import StoreConfig
+from ..stream_backup import run_stream_backup
 from ..values import check_tags
 from . import snapshots
 from .common import (
@@ -96,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_argument("--keepalive-interval", type=non_negative, default=60,
                         help="seconds between checks that the PostgreSQL session holding the "
                         "backup is alive; 0 checks only between archive objects (default: 60)")
+    backup.add_argument("--streaming", action="store_true",
+                        help="have the server send its files over the replication protocol "
+                        "(BASE_BACKUP, PostgreSQL 15 or later) instead of reading the data "
+                        "directory: runs on any host, as a role with REPLICATION")
+    backup.add_argument("--accept-checksum-failures", action="store_true",
+                        help="with --streaming: pages whose checksum fails are recorded in "
+                        "the manifest and logged, and the run still succeeds (default: it "
+                        "exits 1 naming the files, after storing the backup)")
     backup.add_argument("-n", "--name", dest="backup_name", type=_backup_name,
                         help="a name which can be used to reference this backup in "
                         "barman-cloud-restore and barman-cloud-backup-delete")
@@ -150,7 +159,14 @@ def run(args: argparse.Namespace) -> int:
         backup_name=args.backup_name,
         max_bandwidth=args.max_bandwidth,
         keepalive_interval=args.keepalive_interval,
+        streaming=args.streaming,
+        accept_checksum_failures=args.accept_checksum_failures,
     )
+    if args.streaming:
+        if snapshot is not None:
+            raise PgCloudError("--streaming cannot be used with snapshot backups")
+        run_stream_backup(options)
+        return 0
     if snapshot is not None:
         run_snapshot_backup(options, snapshot)
         return 0

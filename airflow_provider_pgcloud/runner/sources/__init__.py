@@ -1,9 +1,10 @@
 """Where an archive backup's tar members come from.
 
-A source hands the archive (archive.py) its members chunk by chunk: `members(chunk)` yields
-archive.Member objects in archive order. Today there is one, `LocalFiles`: the cluster's files
-read on the database host. A source that receives the cluster over PostgreSQL's replication
-protocol fits the same place: the upload step only asks its source for members.
+`local.py`: the cluster's files, read on the database host; a source of this kind hands the
+archive (archive.py) the members of a planned chunk, `members(chunk)`, in archive order, so any
+process can upload any chunk. `stream.py`: the server's own tar stream over the replication
+protocol (BASE_BACKUP); it arrives once, in order, and stream_backup.py cuts it into objects as
+it comes.
 """
 
 from __future__ import annotations

@@ -36,6 +36,8 @@ from .operators import (
     CHUNK_LABEL,
     DEFAULT_ASSET_ALIAS,
     STATE_KEY,
+    EndStreamedBackupOperator,
+    PgCloudBackupOperator,
     StartBackupOperator,
     StopBackupAndUploadLabelOperator,
     TakeDiskSnapshotsOperator,
@@ -64,6 +66,7 @@ def pg_cloud_backup_group(
     snapshot_options: dict[str, Any] | None = None,
     asset_alias: str | None = DEFAULT_ASSET_ALIAS,
     verify: bool = False,
+    source: str = "local",
     **backup_options: Any,
 ) -> TaskGroup:
     """Add a backup of the `postgres_conn_id` cluster to `destination_url` to the current DAG.
@@ -78,7 +81,22 @@ def pg_cloud_backup_group(
     in `snapshot_options`, see TakeDiskSnapshotsOperator) it is a disk snapshot backup: no
     archive objects, the disks snapshotted between start and stop, as barman-cloud-backup does.
     With `verify`, a last task checks the stored archives against the backup's manifest.
+
+    `source="streaming"` has the server send its files over the replication protocol: one
+    task takes the whole backup (one connection carries the cluster) and needs no access to
+    the data directory, so neither it nor the task after it (`end_backup`, which records
+    FAILED if the backup task died, and fails unless the backup is DONE) needs the database
+    host; `queue` is then optional. `upload_*`, `session_deadline` and the snapshot options
+    are for local files only.
     """
+    if source == "streaming":
+        return _streamed_backup_group(
+            destination_url, server_name, group_id=group_id, postgres_conn_id=postgres_conn_id,
+            aws_conn_id=aws_conn_id, wasb_conn_id=wasb_conn_id, gcp_conn_id=gcp_conn_id,
+            queue=queue, asset_alias=asset_alias, verify=verify, **backup_options,
+        )
+    if source != "local":
+        raise ValueError(f"unknown source {source!r}: expected local or streaming")
     placement: dict[str, Any] = {"queue": queue} if queue else {}
     connections: dict[str, Any] = {
         "aws_conn_id": aws_conn_id, "wasb_conn_id": wasb_conn_id, "gcp_conn_id": gcp_conn_id,
@@ -117,11 +135,42 @@ def pg_cloud_backup_group(
         else:
             start >> upload >> teardown
         if verify and not snapshot_instance:
-            stop >> VerifyBackupOperator(
-                task_id="verify_backup", destination_url=destination_url,
-                server_name=server_name,
-                backup_id=f"{{{{ ti.xcom_pull(task_ids='{stop.task_id}')['backup_id'] }}}}",
-                cloud_provider=backup_options.get("cloud_provider", "aws-s3"),
-                endpoint_url=backup_options.get("endpoint_url"), **connections, **placement,
-            )
+            stop >> _verify_task(destination_url, server_name, stop.task_id, backup_options,
+                                 **connections, **placement)
     return group
+
+
+def _streamed_backup_group(
+    destination_url: str, server_name: str, *, group_id: str, postgres_conn_id: str,
+    aws_conn_id: str | None, wasb_conn_id: str, gcp_conn_id: str, queue: str | None,
+    asset_alias: str | None, verify: bool, **backup_options: Any,
+) -> TaskGroup:
+    placement: dict[str, Any] = {"queue": queue} if queue else {}
+    connections: dict[str, Any] = {
+        "aws_conn_id": aws_conn_id, "wasb_conn_id": wasb_conn_id, "gcp_conn_id": gcp_conn_id,
+    }
+    with TaskGroup(group_id=group_id, tooltip="PostgreSQL base backup streamed to cloud storage"
+                   ) as group:
+        backup = PgCloudBackupOperator(
+            task_id="backup", destination_url=destination_url, server_name=server_name,
+            postgres_conn_id=postgres_conn_id, source="streaming", asset_alias=asset_alias,
+            **connections, **placement, **backup_options,
+        )
+        end = EndStreamedBackupOperator(task_id="end_backup", backup_task_id=backup.task_id,
+                                        **connections, **placement)
+        backup >> end
+        if verify:
+            end >> _verify_task(destination_url, server_name, backup.task_id, backup_options,
+                                **connections, **placement)
+    return group
+
+
+def _verify_task(destination_url: str, server_name: str, returned_by: str,
+                 backup_options: dict[str, Any], **kwargs: Any) -> VerifyBackupOperator:
+    """Checks the backup whose ID the task `returned_by` returned against its manifest."""
+    return VerifyBackupOperator(
+        task_id="verify_backup", destination_url=destination_url, server_name=server_name,
+        backup_id=f"{{{{ ti.xcom_pull(task_ids='{returned_by}')['backup_id'] }}}}",
+        cloud_provider=backup_options.get("cloud_provider", "aws-s3"),
+        endpoint_url=backup_options.get("endpoint_url"), **kwargs,
+    )

@@ -101,6 +101,9 @@ with DAG("pgcloud_test_verify_only", schedule=None, start_date=START,
         server_name="{{{{ params.server_name }}}}", backup_id="{{{{ params.backup_id }}}}",
     )
 
+with DAG("pgcloud_test_streaming", schedule=None, start_date=START, params=PARAMS):
+    pg_cloud_backup_group(**{{**COMMON, "compression": "zstd"}}, source="streaming", verify=True)
+
 with DAG("pgcloud_test_single", schedule=None, start_date=START, params=PARAMS):
     PgCloudBackupOperator(
         task_id="backup", asset_alias="pgcloud_backups",

@@ -399,6 +399,46 @@ def test_single_task_operator_restores_with_barman(
     restore_and_check(f"s3://{bucket}/path", "pg", backup_id, pg)
 
 
+def test_streamed_backup_group_restores_with_barman(
+    bag: Any, conns: Connections, s3: S3Server, pg: PgCluster, bucket: str,
+    restore_and_check: RestoreAndCheck,
+) -> None:
+    """source="streaming": one task takes the backup over the replication protocol, the
+    end task finds it DONE, the verify task checks it; Barman restores it."""
+    dag_run = run_dag(get_dag(bag, "pgcloud_test_streaming"), run_conf(bucket))
+    assert str(dag_run.state) == "success"
+    assert {task: state for (task, _), state in task_states(dag_run).items()} == {
+        f"{GROUP}.backup": "success", f"{GROUP}.end_backup": "success",
+        f"{GROUP}.verify_backup": "success"}
+    backups = statuses(s3, f"s3://{bucket}/path")
+    assert [b["status"] for b in backups.values()] == ["DONE"]
+    backup_id = next(iter(backups))
+    assert f"path/pg/base/{backup_id}/data.tar.zst" in s3.list_objects(bucket, "path/")
+    restore_and_check(f"s3://{bucket}/path", "pg", backup_id, pg)
+
+
+def test_streamed_backup_whose_task_died_ends_failed(
+    bag: Any, conns: Connections, s3: S3Server, pg: PgCluster, bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A backup task that dies mid-stream without recording anything (as a killed worker
+    would) leaves STARTED; the end task records FAILED and the DAG run fails."""
+    from airflow_provider_pgcloud.runner import stream_backup
+
+    def dies(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("worker lost")
+
+    monkeypatch.setattr(stream_backup, "record_failure", lambda *args: lambda *a: None)
+    monkeypatch.setattr(stream_backup, "upload_stream", dies)
+    dag_run = run_dag(get_dag(bag, "pgcloud_test_streaming"), run_conf(bucket))
+    assert str(dag_run.state) == "failed"
+    [backup_id] = statuses(s3, f"s3://{bucket}/path")
+    info = read_info(s3, bucket, backup_id)
+    assert "status=FAILED" in info
+    assert "the backup task ended without finishing the backup" in info
+    assert not pg.in_backup()
+
+
 def test_no_secret_in_xcom_logs_or_process_arguments(
     bag: Any, conns: Connections, s3: S3Server, pg: PgCluster, bucket: str,
     caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str],

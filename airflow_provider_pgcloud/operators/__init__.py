@@ -14,13 +14,14 @@ from .backup import (
     UploadTablespaceChunksOperator,
 )
 from .base import DEFAULT_ASSET_ALIAS, STATE_KEY, backup_asset
-from .single import PgCloudBackupOperator
+from .single import EndStreamedBackupOperator, PgCloudBackupOperator
 from .verify import VerifyBackupOperator
 
 __all__ = [
     "CHUNK_LABEL",
     "DEFAULT_ASSET_ALIAS",
     "STATE_KEY",
+    "EndStreamedBackupOperator",
     "PgCloudBackupOperator",
     "StartBackupOperator",
     "StopBackupAndUploadLabelOperator",

@@ -28,7 +28,7 @@ import stat
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from types import SimpleNamespace
 from typing import Any
@@ -183,10 +183,13 @@ def _located(failure: ChecksumFailure,
 
 
 def run_stream_backup(options: BackupOptions, *, password: str | None = None,
-                      store: ObjectStore | None = None) -> str:
+                      store: ObjectStore | None = None,
+                      on_started: Callable[[BackupState], None] | None = None) -> str:
     """Take one complete backup over the replication protocol; return its ID. Raises a
     PgCloudError on failure (backup.info FAILED once it started), and BackupFailed after a
-    DONE backup that holds pages whose checksum failed, unless they are accepted."""
+    DONE backup that holds pages whose checksum failed, unless they are accepted.
+    `on_started` learns the state once backup.info says STARTED (an Airflow task records it,
+    so that a later task can end a backup whose process died)."""
     stream = BaseBackupStream(options.conninfo, password)
     store = store or open_store(options.store)
     started = time.time()
@@ -208,6 +211,8 @@ def run_stream_backup(options: BackupOptions, *, password: str | None = None,
             )
             store.put(layout.info_key(prefix), bi.encode(info))
             phases.state = state
+            if on_started is not None:
+                on_started(state)
             log.info("backup %s started at %s, streamed by the server: %s", backup_id,
                      start.lsn, format_size(sum(t.size for t in tablespaces)))
             phases.enter("uploading data")

@@ -92,6 +92,17 @@ def finish_backup(
     log_total(state, results)
 
 
+def end_streamed_backup(state: BackupState, store: ObjectStore) -> None:
+    """After a streamed backup's one task, whatever became of it: DONE stays DONE; a backup
+    the task left STARTED (its process died before it could record anything) becomes FAILED.
+    Raises BackupFailed unless the backup is DONE."""
+    if already_finished(state, store):
+        return
+    reason = "failure uploading data (the backup task ended without finishing the backup)"
+    fail_backup(state, store, reason)
+    raise BackupFailed(reason)
+
+
 def log_total(state: BackupState, results: Iterable[Mapping[str, Any]]) -> None:
     """The whole backup's progress line, from what the upload steps reported."""
     results = list(results)

@@ -30,6 +30,18 @@ MEMBER_TYPES = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.DIRTY
                 tarfile.SYMTYPE: "symlink"}
 
 
+def take(buffer: bytearray, size: int) -> bytes:
+    """Remove and return the first `size` bytes of `buffer` (all of it when size < 0): the
+    read() of a file-like view over data that arrives in pieces."""
+    if size < 0 or size >= len(buffer):
+        data = bytes(buffer)
+        buffer.clear()
+        return data
+    data = bytes(buffer[:size])
+    del buffer[:size]
+    return data
+
+
 def member_type(kind: bytes) -> str:
     """A tar member type as the manifest names it: `file`, `dir`, `symlink`."""
     return MEMBER_TYPES.get(kind, kind.decode(errors="replace"))

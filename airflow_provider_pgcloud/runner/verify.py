@@ -32,7 +32,7 @@ from typing import Any
 
 from . import backup_info as bi
 from . import layout
-from .archive import member_type
+from .archive import member_type, take
 from .codecs import Decompressor, get_codec
 from .errors import BackupFailed, InputError, first_line
 from .manifest import FORMAT_ARCHIVE, FORMAT_INDEX, Checksum, new_checksum
@@ -100,12 +100,7 @@ class _TarSource:
 
     def read(self, size: int = -1) -> bytes:
         self._fill(size)
-        if size < 0 or size >= len(self._buffer):
-            data, self._buffer = bytes(self._buffer), bytearray()
-            return data
-        data = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        return data
+        return take(self._buffer, size)
 
     def drain(self) -> None:
         """Read what follows the tar end (record padding) to count the stored bytes."""

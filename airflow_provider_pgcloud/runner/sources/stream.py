@@ -35,6 +35,7 @@ import psycopg
 from psycopg import pq
 from psycopg.pq.abc import PGresult
 
+from ..archive import take
 from ..errors import BackupFailed, first_line
 from ..postgres import APPLICATION_NAME, ClusterInfo, StartPoint, read_cluster_info
 
@@ -274,9 +275,4 @@ class ArchiveReader:
     def read(self, size: int = -1) -> bytes:
         while not self._ended and (size < 0 or len(self._buffer) < size):
             self._pull()
-        if size < 0 or size >= len(self._buffer):
-            data, self._buffer = bytes(self._buffer), bytearray()
-            return data
-        data = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        return data
+        return take(self._buffer, size)

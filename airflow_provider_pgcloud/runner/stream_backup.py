@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import math
 import os
 import stat
 import tarfile
@@ -37,11 +36,11 @@ from . import backup_info as bi
 from . import layout
 from .cleanup import clean_after_backup
 from .codecs import compression_threads, get_codec
-from .cpu import worker_processes
 from .errors import BackupFailed
 from .layout import DATA
 from .manifest import ManifestTarWriter, seal_archives
 from .phases import Phases, record_failure
+from .plan import chunk_target
 from .postgres import StopPoint
 from .progress import Progress
 from .sizes import format_size
@@ -125,15 +124,6 @@ def _fill(members: _Members, target: int, progress: Progress, tar: ManifestTarWr
         progress.advance(tar.raw_bytes - before)
 
 
-def _object_size(options: BackupOptions, archive_bytes: int) -> int:
-    """About four objects per job for a parallel restore, none below the minimum archive
-    size unless that would leave a job without one, never above -S."""
-    jobs = worker_processes(options.jobs)
-    target = max(min(options.min_archive_size, math.ceil(archive_bytes / jobs)),
-                 math.ceil(archive_bytes / (4 * jobs)), 1)
-    return min(target, options.max_archive_size)
-
-
 def upload_stream(
     state: BackupState, stream: BaseBackupStream, store: ObjectStore,
     tablespaces: list[StreamedTablespace], options: BackupOptions,
@@ -149,7 +139,9 @@ def upload_stream(
     label: bytes | None = None
     for name, _location, reader in stream.archives():
         members = _Members(_archive_of(name), reader)
-        target = _object_size(options, sizes.get(members.archive, 0))
+        # the planner's rule (about four per job, for a parallel restore), never above -S
+        target = min(chunk_target(sizes.get(members.archive, 0), options.jobs,
+                                  options.min_archive_size), options.max_archive_size)
         index = 0
         while index == 0 or members.peek() is not None:
             stem = layout.archive_stem(members.archive, index)

@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         streaming=args.streaming,
         accept_checksum_failures=args.accept_checksum_failures,
     )
-    if args.streaming:
+    if options.streaming:
         if snapshot is not None:
             raise PgCloudError("--streaming cannot be used with snapshot backups")
         run_stream_backup(options)

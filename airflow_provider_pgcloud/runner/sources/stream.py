@@ -24,6 +24,7 @@ start and end rows and the notices. Every wait for the server happens outside th
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 import select
 import struct
@@ -38,6 +39,8 @@ from psycopg.pq.abc import PGresult
 from ..archive import take
 from ..errors import BackupFailed, first_line
 from ..postgres import APPLICATION_NAME, ClusterInfo, StartPoint, read_cluster_info
+
+log = logging.getLogger("pgcloud")
 
 MIN_VERSION = 150000
 CHECKSUM_SQLSTATE = "XX001"
@@ -106,7 +109,6 @@ class BaseBackupStream:
             )
         self._pg = self._conn.pgconn
         self.checksum_failures: dict[str, ChecksumFailure] = {}
-        self.warnings: list[str] = []
         self.on_progress: Callable[[int], None] | None = None
         self._pending: PGresult | None = None  # the result that followed the COPY
         self._conn.add_notice_handler(self._notice)
@@ -140,7 +142,7 @@ class BaseBackupStream:
                 match["file"], ChecksumFailure(match["file"]))
             failure.total = int(match["total"])
         elif "checksum" not in message:
-            self.warnings.append(message)
+            log.warning("PostgreSQL: %s", message)
 
     def _wait(self) -> None:
         """Block until the server sent something, outside the GIL."""

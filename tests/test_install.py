@@ -118,7 +118,7 @@ def test_the_runner_installs_without_airflow(
     assert no_airflow.returncode != 0
     assert "No module named 'airflow'" in no_airflow.stderr, no_airflow.stderr
     # the Airflow side of the package says what to install
-    for module in ("operators", "hooks", "taskgroup"):
+    for module in ("operators", "hooks", "taskgroup", "fleet"):
         refused = _run([engine_venv.python, "-c", f"import airflow_provider_pgcloud.{module}"],
                        cwd=cwd)
         assert refused.returncode != 0

@@ -6,7 +6,8 @@
 #
 # What it installs (all on loopback-only test services, nothing is started here):
 #   * Debian packages: postgresql-15 (server binaries in /usr/lib/postgresql/15/bin),
-#     postgresql-client, tar (Barman restore pipes into it), make, nodejs/npm (only if missing).
+#     postgresql-client, tar (Barman restore pipes into it), make, nodejs/npm (only if missing),
+#     redis-server (the Celery broker of the distributed-executor test).
 #   * uv (via pip, only if missing), then the project venv (.venv) from uv.lock.
 #   * Barman 3.20.1 (zstd support) in its own venv at $PGCLOUD_TOOLS/barman, the reference
 #     reader/restorer. It lives outside /root so that the postgres OS user can run
@@ -44,6 +45,7 @@ apt_missing=()
 command -v psql >/dev/null 2>&1 || apt_missing+=(postgresql-client)
 command -v tar >/dev/null 2>&1 || apt_missing+=(tar)
 command -v make >/dev/null 2>&1 || apt_missing+=(make)
+command -v redis-server >/dev/null 2>&1 || apt_missing+=(redis-server)
 command -v node >/dev/null 2>&1 || apt_missing+=(nodejs)
 # nodesource's nodejs bundles npm and conflicts with Debian's npm package: only ask for npm
 # when there is no npm at all.

@@ -12,7 +12,8 @@ A successful run emits an asset event for `Asset("<destination_url>/<server_name
 AssetAlias `pgcloud_backups`: schedule restore tests or reports on either.
 
 Every task reads PGDATA or talks to the backup's session keeper, so all of them must run on the
-database host: set PGCLOUD_QUEUE to the queue its worker listens on.
+database host: set PGCLOUD_QUEUE to the queue its worker listens on. To back up from any worker
+instead, over the replication protocol, use `source: streaming` in dags/pgcloud_fleet.py.
 Barman restores the result: `barman-cloud-restore s3://bucket/path pg <backup_id> <dir>`.
 """
 

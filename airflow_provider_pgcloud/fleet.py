@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from . import _need_airflow  # noqa: F401  (a clear error without Airflow, which brings yaml)
+from .runner.sources import SOURCES
 
-SOURCES = ("local", "streaming")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 

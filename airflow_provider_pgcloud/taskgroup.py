@@ -45,6 +45,7 @@ from .operators import (
     VerifyBackupOperator,
 )
 from .runner.session import DEFAULT_DEADLINE_SECONDS
+from .runner.sources import check_source
 
 
 def pg_cloud_backup_group(
@@ -89,14 +90,13 @@ def pg_cloud_backup_group(
     host; `queue` is then optional. `upload_*`, `session_deadline` and the snapshot options
     are for local files only.
     """
+    check_source(source)
     if source == "streaming":
         return _streamed_backup_group(
             destination_url, server_name, group_id=group_id, postgres_conn_id=postgres_conn_id,
             aws_conn_id=aws_conn_id, wasb_conn_id=wasb_conn_id, gcp_conn_id=gcp_conn_id,
             queue=queue, asset_alias=asset_alias, verify=verify, **backup_options,
         )
-    if source != "local":
-        raise ValueError(f"unknown source {source!r}: expected local or streaming")
     placement: dict[str, Any] = {"queue": queue} if queue else {}
     connections: dict[str, Any] = {
         "aws_conn_id": aws_conn_id, "wasb_conn_id": wasb_conn_id, "gcp_conn_id": gcp_conn_id,

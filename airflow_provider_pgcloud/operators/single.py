@@ -14,6 +14,7 @@ from ..runner import values as v
 from ..runner.backup import run_backup
 from ..runner.errors import BackupFailed
 from ..runner.session import LocalSession
+from ..runner.sources import check_source
 from ..runner.steps import BackupOptions
 from ..runner.stream_backup import run_stream_backup
 from ..runner.teardown import end_streamed_backup
@@ -24,8 +25,6 @@ from .base import (
     state_from_xcom,
     state_to_xcom,
 )
-
-SOURCES = ("local", "streaming")
 
 
 class PgCloudBackupOperator(BackupOptionsOperator):
@@ -58,8 +57,7 @@ class PgCloudBackupOperator(BackupOptionsOperator):
 
     def backup_options(self) -> BackupOptions:
         source = str(self.source).strip()
-        if source not in SOURCES:
-            raise ValueError(f"unknown source {source!r}: expected one of {', '.join(SOURCES)}")
+        check_source(source)
         options = dataclasses.replace(
             super().backup_options(), streaming=source == "streaming",
             accept_checksum_failures=v.as_bool(self.accept_checksum_failures,

@@ -19,8 +19,18 @@ if TYPE_CHECKING:
     from ..plan import Chunk
 
 
+SOURCES = ("local", "streaming")
+"""The names a user chooses a source by (`source=` in Airflow, the fleet file)."""
+
+
+def check_source(source: str) -> None:
+    """Refuse an unknown source name with the list of known ones."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}: expected one of {', '.join(SOURCES)}")
+
+
 class Source(Protocol):
     def members(self, chunk: Chunk) -> Iterator[Member]: ...
 
 
-__all__ = ["LocalFiles", "Source"]
+__all__ = ["SOURCES", "LocalFiles", "Source", "check_source"]

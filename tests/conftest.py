@@ -203,6 +203,36 @@ def restore_and_check(s3: S3Server) -> Iterator[RestoreAndCheck]:
             remove_workdir(workdir)
 
 
+@pytest.fixture
+def pgcloud_restore_and_check(s3: S3Server) -> Iterator[RestoreAndCheck]:
+    """``restore_and_check`` with this project's ``pgcloud-restore`` (-J 2) in place of
+    barman-cloud-restore: same fingerprints, same tablespace remapping, same WAL replay."""
+    from tests.runner_cli import run_restore
+
+    workdirs: list[Path] = []
+
+    def check(
+        destination_url: str,
+        server_name: str,
+        backup_id: str,
+        source: PgCluster,
+        wal_archive: WalArchive | None = None,
+    ) -> dict[str, str]:
+        def restore_into(datadir: Path, tablespaces: dict[str, Path]) -> None:
+            args = [f"--tablespace={name}:{path}" for name, path in tablespaces.items()]
+            result = run_restore("-J", "2", *args, destination_url, server_name, backup_id,
+                                 str(datadir), s3=s3)
+            assert result.returncode == 0, result.stderr
+
+        return _restore_and_compare(source, wal_archive, restore_into, workdirs)
+
+    try:
+        yield check
+    finally:
+        for workdir in workdirs:
+            remove_workdir(workdir)
+
+
 # ==================================================================================================
 # Azure Blob Storage (Azurite) and Google Cloud Storage (gcp-storage-emulator)
 #

@@ -13,6 +13,7 @@ from tests.rig.s3server import S3Server
 RUNNER = [sys.executable, "-m", "airflow_provider_pgcloud.runner"]
 VERIFY = [sys.executable, "-m", "airflow_provider_pgcloud.runner.verify"]
 CLEANUP = [sys.executable, "-m", "airflow_provider_pgcloud.runner.cleanup"]
+RESTORE = [sys.executable, "-m", "airflow_provider_pgcloud.runner.cli.restore"]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -46,4 +47,12 @@ def run_runner(
     return subprocess.run(
         argv, env=runner_env(s3, pg, env), capture_output=True, text=True, timeout=timeout,
         cwd=REPO, check=False,
+    )
+
+
+def run_restore(*args: str, s3: S3Server, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """`pgcloud-restore --endpoint-url ... ARGS`, credentials in the environment only."""
+    return subprocess.run(
+        [*RESTORE, "--endpoint-url", s3.endpoint_url, *args], env=runner_env(s3),
+        capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False,
     )

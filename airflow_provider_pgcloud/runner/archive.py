@@ -16,11 +16,14 @@ import pwd
 import stat
 import tarfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import cache
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from .codecs import Compressor
+from .codecs import Compressor, Decompressor
+
+if TYPE_CHECKING:
+    from .manifest import Checksum
 
 BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
@@ -40,6 +43,49 @@ def take(buffer: bytearray, size: int) -> bytes:
     data = bytes(buffer[:size])
     del buffer[:size]
     return data
+
+
+class StoredArchive:
+    """A read()-able view of a stored archive object, decompressed, for tarfile's stream mode
+    (verify and restore read archives through it).
+
+    `chunks` are the stored bytes in order; `checksum`, when given, sees every stored byte, and
+    `stored_bytes` counts them.
+    """
+
+    def __init__(self, chunks: Iterator[bytes], decompressor: Decompressor,
+                 checksum: Checksum | None = None) -> None:
+        self._chunks, self._d, self.checksum = chunks, decompressor, checksum
+        self._buffer = bytearray()
+        self._done = False
+        self.stored_bytes = 0
+
+    def _fill(self, size: int) -> None:
+        while not self._done and (size < 0 or len(self._buffer) < size):
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                self._buffer += self._d.finish()
+                self._done = True
+                break
+            self.stored_bytes += len(chunk)
+            if self.checksum is not None:
+                self.checksum.update(chunk)
+            self._buffer += self._d.feed(chunk)
+
+    def read(self, size: int = -1) -> bytes:
+        self._fill(size)
+        return take(self._buffer, size)
+
+    def drain(self) -> None:
+        """Read what follows the tar end (record padding) to count the stored bytes."""
+        while not self._done:
+            self._fill(len(self._buffer) + READ_SIZE)
+            self._buffer.clear()
+
+    @property
+    def trailing(self) -> int:
+        """Bytes after the compression stream's end (Barman's restore ignores them)."""
+        return self._d.trailing
 
 
 def member_type(kind: bytes) -> str:

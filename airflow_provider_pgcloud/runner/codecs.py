@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import bz2
 import importlib
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -165,7 +164,9 @@ def _read_identity() -> Decompressor:
 
 
 def _read_gzip() -> Decompressor:
-    return _Stream("gzip", zlib.decompressobj(16 + zlib.MAX_WBITS))
+    # ISA-L reads the same single gzip member as zlib, about three times as fast
+    isal_zlib = _import("isal.isal_zlib")
+    return _Stream("gzip", isal_zlib.decompressobj(16 + isal_zlib.MAX_WBITS))
 
 
 def _read_bzip2() -> Decompressor:

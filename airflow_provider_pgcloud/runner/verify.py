@@ -26,16 +26,16 @@ import sys
 import tarfile
 import time
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from . import backup_info as bi
 from . import layout
-from .archive import member_type, take
+from .archive import StoredArchive, member_type
+from .catalog import resolve_backup_id
 from .codecs import Decompressor, get_codec
-from .errors import BackupFailed, InputError, first_line
-from .manifest import FORMAT_ARCHIVE, FORMAT_INDEX, Checksum, new_checksum
+from .errors import BackupFailed, first_line
+from .manifest import FORMAT_ARCHIVE, FORMAT_INDEX, new_checksum
 from .sizes import format_size
 from .storage import ObjectStore
 
@@ -77,38 +77,6 @@ def _decompressor(compression: str | None) -> Decompressor:
         raise BackupFailed(f"unknown compression {compression!r} in the manifest") from None
 
 
-class _TarSource:
-    """A read()-able view of the decompressed object for tarfile's stream mode."""
-
-    def __init__(self, chunks: Iterator[bytes], decompressor: Decompressor,
-                 checksum: Checksum) -> None:
-        self._chunks, self._d, self.checksum = chunks, decompressor, checksum
-        self._buffer = bytearray()
-        self._done = False
-        self.stored_bytes = 0
-
-    def _fill(self, size: int) -> None:
-        while not self._done and (size < 0 or len(self._buffer) < size):
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                self._buffer += self._d.finish()
-                self._done = True
-                break
-            self.stored_bytes += len(chunk)
-            self.checksum.update(chunk)
-            self._buffer += self._d.feed(chunk)
-
-    def read(self, size: int = -1) -> bytes:
-        self._fill(size)
-        return take(self._buffer, size)
-
-    def drain(self) -> None:
-        """Read what follows the tar end (record padding) to count the stored bytes."""
-        while not self._done:
-            self._fill(len(self._buffer) + READ_SIZE)
-            self._buffer.clear()
-
-
 # --- checks ----------------------------------------------------------------------------------
 
 def _check_archive(store: ObjectStore, key: str, manifest: dict[str, Any],
@@ -122,8 +90,8 @@ def _check_archive(store: ObjectStore, key: str, manifest: dict[str, Any],
 
     decompressor = _decompressor(manifest.get("compression"))
     algorithm = manifest["checksum_algorithm"]
-    source = _TarSource(store.iter_object(key, READ_SIZE), decompressor,
-                        new_checksum(algorithm))
+    stored_checksum = new_checksum(algorithm)
+    source = StoredArchive(store.iter_object(key, READ_SIZE), decompressor, stored_checksum)
     expected = iter(manifest["members"])
     files = nbytes = 0
     try:
@@ -178,39 +146,10 @@ def _check_archive(store: ObjectStore, key: str, manifest: dict[str, Any],
         raise fail(f"stored object is {stored_size} bytes, {manifest['stored_bytes']} were "
                    "uploaded (its files match the manifest)")
     want = manifest.get("stored_checksum")
-    if want is not None and source.checksum.hexdigest() != want:
-        raise fail(f"stored object's {algorithm} checksum {source.checksum.hexdigest()} is not "
+    if want is not None and stored_checksum.hexdigest() != want:
+        raise fail(f"stored object's {algorithm} checksum {stored_checksum.hexdigest()} is not "
                    f"the uploaded one's {want} (its files match the manifest)")
     return files, nbytes
-
-
-def resolve_backup_id(store: ObjectStore, server_name: str, backup_id: str) -> str:
-    """A backup ID as given, or `latest`/`last`/`oldest`/`first` (DONE backups) or a name."""
-    if layout.is_backup_id(backup_id):
-        return backup_id
-    base = layout.base_prefix(store.base_path, server_name)
-    infos = sorted(k for k, _ in store.list(base) if k.endswith("/" + layout.INFO_NAME))
-    done: list[tuple[str, dict[str, Any]]] = []
-    for key in infos:
-        candidate = layout.backup_id_under(key, base)
-        if candidate is None:
-            continue
-        try:
-            info = bi.decode(store.get(key))
-        except Exception:
-            continue
-        if info.get("status") == bi.DONE:
-            done.append((candidate, info))
-    if backup_id in ("latest", "last") and done:
-        return done[-1][0]
-    if backup_id in ("oldest", "first") and done:
-        return done[0][0]
-    named = [candidate for candidate, info in done if info.get("backup_name") == backup_id]
-    if len(named) > 1:
-        raise InputError(f"Multiple backups found matching name '{backup_id}'")
-    if named:
-        return named[0]
-    raise VerifyFailed(f"no DONE backup {backup_id!r} for server {server_name}")
 
 
 def verify_backup(store: ObjectStore, server_name: str, backup_id: str) -> VerifyReport:

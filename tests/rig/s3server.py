@@ -122,6 +122,10 @@ class S3Server:
         """The full content of one object."""
         return self.client().get_object(Bucket=bucket, Key=key)["Body"].read()
 
+    def put_object(self, bucket: str, key: str, data: bytes) -> None:
+        """Overwrite an object, e.g. to damage a stored archive on purpose."""
+        self.client().put_object(Bucket=bucket, Key=key, Body=data)
+
     def stop(self) -> None:
         """Stop the server and clean up.
 

@@ -139,6 +139,20 @@ def store_config(args: argparse.Namespace, url: str) -> StoreConfig:
     return StoreConfig(destination_url=url, **values)
 
 
+def store_arguments(config: StoreConfig) -> list[str]:
+    """The command-line options that open the same store for reading, `store_config`'s inverse
+    (only values that differ from the defaults; never a secret, which StoreConfig never holds):
+    what a command that calls another command, such as restore's restore_command, passes on."""
+    arguments: list[str] = []
+    for spec, option in store_options():
+        value = getattr(config, spec.name)
+        if option.writes or value == spec.default:
+            continue
+        flag = next(flag for flag in option.flags if flag.startswith("--"))
+        arguments += [flag, str(value)]
+    return arguments
+
+
 def add_postgres_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("PostgreSQL connection (libpq defaults and PG* apply)")
     group.add_argument("-h", "--host", help="host or Unix socket for PostgreSQL connection")

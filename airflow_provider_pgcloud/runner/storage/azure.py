@@ -279,6 +279,10 @@ class AzureStore:
     def get(self, key: str) -> bytes:
         return self._container.download_blob(key).readall()
 
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        data: bytes = self._container.download_blob(key, offset=start, length=length).readall()
+        return data
+
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
         for blob in self._container.list_blobs(name_starts_with=prefix):
             yield blob.name, int(blob.size)

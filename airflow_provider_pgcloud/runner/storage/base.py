@@ -179,6 +179,11 @@ class ObjectStore(Protocol):
         """The object's bytes as a stream of chunks, in memory bounded by `chunk_size`."""
         ...
 
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        """`length` bytes of the object from offset `start` (fewer at its end): restore
+        fetches one large object as several ranges at once."""
+        ...
+
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
         """(key, size) of every object under prefix."""
         ...

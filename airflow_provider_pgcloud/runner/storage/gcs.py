@@ -305,6 +305,11 @@ class GCSStore:
         data: bytes = self._bucket.blob(key).download_as_bytes(timeout=self._timeout)
         return data
 
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        data: bytes = self._bucket.blob(key).download_as_bytes(
+            start=start, end=start + length - 1, timeout=self._timeout)  # end is inclusive
+        return data
+
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
         for blob in self._client.list_blobs(self._bucket, prefix=prefix, timeout=self._timeout):
             yield blob.name, int(blob.size or 0)

@@ -213,6 +213,11 @@ class S3Store:
         body: bytes = self._client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         return body
 
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        body: bytes = self._client.get_object(
+            Bucket=self.bucket, Key=key, Range=f"bytes={start}-{start + length - 1}")["Body"].read()
+        return body
+
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
         paginator = self._client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):

@@ -69,6 +69,7 @@ def _help(module: str) -> str:
     ("airflow_provider_pgcloud.runner", True),
     ("airflow_provider_pgcloud.runner.verify", False),
     ("airflow_provider_pgcloud.runner.cleanup", False),
+    ("airflow_provider_pgcloud.runner.wal_restore", False),
 ])
 def test_every_store_option_is_on_the_command_line(module: str, writes: bool) -> None:
     usage = _help(module)

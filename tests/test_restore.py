@@ -9,6 +9,7 @@ on.
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,7 @@ def test_restores_barmans_own_backups_in_every_codec(
 
 
 @pytest.fixture
-def target() -> Path:
+def target() -> Iterator[Path]:
     workdir = make_workdir("restore-target")
     yield workdir / "pgdata"
     remove_workdir(workdir)

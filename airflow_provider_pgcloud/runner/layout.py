@@ -9,6 +9,12 @@ destination `<store>/<path>` and a server:
     <path>/<server>/base/<backup_id>/<oid>.tar[...]          a tablespace (and <oid>_0001...)
     <path>/<server>/base/<backup_id>/backup_label            a snapshot backup's label
 
+and the WAL that barman-cloud-wal-archive pushes (read by wal_restore.py):
+
+    <path>/<server>/wals/<TLI><LOG>/<segment>[.gz|.bz2|.xz|.snappy|.zst|.lz4]
+    <path>/<server>/wals/<TLI><LOG>/<segment>.partial[...], <segment>.<offset>.backup[...]
+    <path>/<server>/wals/<TLI>.history[...]                  history files: no hash directory
+
 and this project's manifests, in a sibling prefix Barman never reads or deletes:
 
     <path>/<server>/pgcloud/<backup_id>/archives/<archive name>.json
@@ -117,6 +123,59 @@ def archive_of(name: str) -> str:
     """The archive an archive object belongs to: `data` for `data_0003.tar.gz`."""
     match = ARCHIVE_NAME.match(name)
     return match["archive"] if match else name.split(".", 1)[0]
+
+
+# --- WAL, as barman-cloud-wal-archive stores it -------------------------------------------------
+
+WALS_DIR = "wals"
+WAL_COMPRESSIONS: dict[str, str] = {
+    **{codec.extension: codec.name for codec in CODECS.values() if codec.extension},
+    ".xz": "xz",  # WAL only: barman-cloud-backup has no xz
+}
+"""The suffixes barman-cloud-wal-archive adds, by compression (the codec names of codecs.py)."""
+_WAL_NAME = re.compile(
+    r"^(?P<tli>[0-9A-Fa-f]{8})(?:(?P<log>[0-9A-Fa-f]{8})[0-9A-Fa-f]{8}"
+    r"(?P<kind>\.[0-9A-Fa-f]{8}\.backup|\.partial)?|\.history)\Z"
+)
+"""What Barman accepts as a WAL file name: a segment (24 hex digits, either case), the same
+with `.partial` or `.<offset>.backup`, or a timeline history file `<TLI>.history`."""
+
+
+def is_wal_name(name: str) -> bool:
+    return bool(_WAL_NAME.match(name))
+
+
+def is_segment_name(name: str) -> bool:
+    """A whole WAL segment: not a history, backup or partial file."""
+    match = _WAL_NAME.match(name)
+    return bool(match and match["log"] and not match["kind"])
+
+
+def wal_hash_dir(name: str) -> str:
+    """The directory Barman files a WAL name under: timeline and log, the first 16 hex digits
+    in upper case (`000000010000000A` for `000000010000000A000000FE.partial`); "" for a history
+    file, which sits in `wals/` itself."""
+    match = _WAL_NAME.match(name)
+    if not match:
+        raise ValueError(f"{name} is not a WAL file name")
+    if not match["log"]:
+        return ""
+    return f"{match['tli']}{match['log']}".upper()
+
+
+def wal_key(base_path: str, server_name: str, name: str, suffix: str = "") -> str:
+    """`<path>/<server>/wals/<hash dir>/<name><suffix>`, e.g. suffix `.gz`."""
+    return posixpath.join(base_path, server_name, WALS_DIR, wal_hash_dir(name), name + suffix)
+
+
+def wal_compression(key: str) -> tuple[str, str | None]:
+    """A stored WAL object's name and compression: `(name, "gzip")` for `.../<name>.gz`,
+    `(name, None)` for one stored as is."""
+    name = posixpath.basename(key)
+    for suffix, compression in WAL_COMPRESSIONS.items():
+        if name.endswith(suffix):
+            return name[: -len(suffix)], compression
+    return name, None
 
 
 # --- this project's manifests ----------------------------------------------------------------

@@ -21,6 +21,7 @@ import re
 import secrets
 import shlex
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from tests.rig.tools import (
     unregister_cleanup,
 )
 
+_REPO = Path(__file__).resolve().parents[2]  # the checkout whose pgcloud-wal-restore runs
 START_TIMEOUT_S = 60
 RECOVERY_TIMEOUT_S = 180.0
 ARCHIVE_TIMEOUT_S = 60.0
@@ -78,6 +80,8 @@ class WalArchive:
     s3: S3Server
     destination_url: str
     server_name: str
+    archive_options: tuple[str, ...] = ()  # e.g. ("--gzip",) for barman-cloud-wal-archive
+    restorer: str = "barman"  # "pgcloud": restore_command runs pgcloud-wal-restore instead
 
     def _common(self) -> str:
         return (
@@ -87,13 +91,21 @@ class WalArchive:
 
     def archive_command(self) -> str:
         """``archive_command`` pushing each WAL file with Barman (credentials from the env)."""
-        return f"{shlex.quote(str(barman_bin('barman-cloud-wal-archive')))} {self._common()} %p"
+        options = "".join(f" {shlex.quote(option)}" for option in self.archive_options)
+        return (
+            f"{shlex.quote(str(barman_bin('barman-cloud-wal-archive')))}{options}"
+            f" {self._common()} %p"
+        )
 
     def restore_command(self) -> str:
-        """``restore_command`` fetching WAL with Barman (exit 1 when missing ends recovery)."""
-        return (
-            f"{shlex.quote(str(barman_bin('barman-cloud-wal-restore')))} {self._common()} %f %p"
-        )
+        """``restore_command`` fetching WAL with Barman, or with pgcloud-wal-restore (from this
+        checkout) when ``restorer`` is "pgcloud" (exit 1 when missing ends recovery)."""
+        if self.restorer == "pgcloud":
+            tool = (f"env PYTHONPATH={shlex.quote(str(_REPO))} {shlex.quote(sys.executable)}"
+                    " -m airflow_provider_pgcloud.runner.wal_restore")
+        else:
+            tool = shlex.quote(str(barman_bin("barman-cloud-wal-restore")))
+        return f"{tool} {self._common()} %f %p"
 
     def env(self) -> dict[str, str]:
         """What the server process needs in its environment for the two commands."""
@@ -514,7 +526,8 @@ def start_restored_cluster(
 ) -> PgCluster:
     """Start what barman-cloud-restore wrote to ``datadir`` and wait for recovery to finish.
 
-    Writes ``recovery.signal`` and Barman's ``restore_command``, a new free port, its own socket
+    Writes ``recovery.signal`` and ``wal_archive``'s ``restore_command`` (Barman's, or
+    pgcloud-wal-restore's with ``restorer="pgcloud"``), a new free port, its own socket
     dir, ``archive_mode=off`` (a restored copy must never push into the source's archive), then
     waits until ``pg_is_in_recovery()`` is false, i.e. all archived WAL was replayed and the
     cluster promoted. ``password`` is the source's (same pg_authid); without it the rig talks to

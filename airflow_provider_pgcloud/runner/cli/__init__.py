@@ -4,6 +4,8 @@
                  options, in its archive, snapshot and Barman hook-script modes
     verify.py    pgcloud-verify: check a stored backup against its manifest
     cleanup.py   pgcloud-cleanup: remove what dead runs left in the store
+    restore.py   pgcloud-restore: restore a backup into a directory
+    wal_restore.py  pgcloud-wal-restore: fetch one archived WAL file (a restore_command)
     keeper.py    the backup-session keeper an Airflow task starts (internal)
     snapshots.py barman-cloud-backup's snapshot options
     common.py    what they share: argument types, verbosity, exit codes, and the store and

@@ -9,6 +9,7 @@ on.
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,13 @@ import pytest
 
 from tests.conftest import RestoreAndCheck
 from tests.rig.barman import backup_list, run_barman
-from tests.rig.pgcluster import PgCluster, pg_bindir
+from tests.rig.pgcluster import (
+    PgCluster,
+    WalArchive,
+    init_cluster,
+    pg_bindir,
+    start_restored_cluster,
+)
 from tests.rig.s3server import S3Server
 from tests.rig.tools import chown_to_postgres, make_workdir, remove_workdir
 from tests.runner_cli import run_restore, run_runner
@@ -152,3 +159,44 @@ def test_an_unknown_backup_or_tablespace_is_an_error(
     assert wrong.returncode == 3
     assert "--tablespace nope: the backup has no tablespace of that name" in wrong.stderr
     assert not target.exists()
+
+
+def test_point_in_time_recovery_needs_nothing_but_pgcloud(s3: S3Server, bucket: str) -> None:
+    """-R with --target-time: the restored cluster fetches WAL with pgcloud-wal-restore (from
+    the backup's own location, Barman's layout) and stops between two commits."""
+    url = f"s3://{bucket}/pitr"
+    cluster = init_cluster(make_workdir("pitr"), 15, tablespace=True,
+                           wal_archive=WalArchive(s3, url, "pg"), remove_workdir_on_stop=True)
+    workdir = make_workdir("pitr-restore")
+    restored = None
+    try:
+        _backup(s3, cluster, url)
+        cluster.execute("CREATE TABLE pitr (id int)", dbname="app")
+        cluster.execute("INSERT INTO pitr VALUES (1)", dbname="app")
+        [(target,)] = cluster.execute("SELECT clock_timestamp()::text")
+        time.sleep(1.1)
+        cluster.execute("INSERT INTO pitr VALUES (2)", dbname="app")
+        cluster.switch_wal_and_wait_archived()
+
+        datadir, tablespace = workdir / "pgdata", workdir / "tbs1"
+        result = run_restore("--target-time", target, "--target-action", "promote",
+                             f"--tablespace=tbs1:{tablespace}", url, "pg", "latest",
+                             str(datadir), s3=s3)
+        assert result.returncode == 0, result.stderr
+        settings = (datadir / "postgresql.auto.conf").read_text()
+        assert "pgcloud-wal-restore" in settings or "runner.cli.wal_restore" in settings
+        assert f"recovery_target_time = '{target}'" in settings
+        assert s3.secret_key not in settings and s3.access_key not in settings
+        assert (datadir / "recovery.signal").exists()
+
+        restored = start_restored_cluster(datadir, 15, wal_archive=cluster.wal_archive,
+                                          tablespace_dirs=[tablespace],
+                                          password=cluster.password)
+        assert restored.execute("SELECT id FROM pitr ORDER BY id", dbname="app") == [(1,)]
+        [(command,)] = restored.execute("SHOW restore_command")  # ours, not the rig's Barman
+        assert "barman" not in command and "wal-restore" in command.replace("_", "-")
+    finally:
+        if restored is not None:
+            restored.stop()
+        cluster.stop()
+        remove_workdir(workdir)

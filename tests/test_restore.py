@@ -165,8 +165,9 @@ def test_point_in_time_recovery_needs_nothing_but_pgcloud(s3: S3Server, bucket: 
     """-R with --target-time: the restored cluster fetches WAL with pgcloud-wal-restore (from
     the backup's own location, Barman's layout) and stops between two commits."""
     url = f"s3://{bucket}/pitr"
-    cluster = init_cluster(make_workdir("pitr"), 15, tablespace=True,
-                           wal_archive=WalArchive(s3, url, "pg"), remove_workdir_on_stop=True)
+    archive = WalArchive(s3, url, "pg")
+    cluster = init_cluster(make_workdir("pitr"), 15, tablespace=True, wal_archive=archive,
+                           remove_workdir_on_stop=True)
     workdir = make_workdir("pitr-restore")
     restored = None
     try:
@@ -189,7 +190,7 @@ def test_point_in_time_recovery_needs_nothing_but_pgcloud(s3: S3Server, bucket: 
         assert s3.secret_key not in settings and s3.access_key not in settings
         assert (datadir / "recovery.signal").exists()
 
-        restored = start_restored_cluster(datadir, 15, wal_archive=cluster.wal_archive,
+        restored = start_restored_cluster(datadir, 15, wal_archive=archive,
                                           tablespace_dirs=[tablespace],
                                           password=cluster.password)
         assert restored.execute("SELECT id FROM pitr ORDER BY id", dbname="app") == [(1,)]

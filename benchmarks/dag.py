@@ -1,7 +1,8 @@
 """The same backup through Airflow: the example DAG `pgcloud_backup` under a real scheduler.
 
 `Airflow` (used by run.py) is the rig's AirflowDeployment (tests/rig/airflow_deployment.py) with
-the LocalExecutor and the repository's DAGs folder: a PostgreSQL metadata database, the
+the LocalExecutor and a DAGs folder holding only the example backup DAG (the restore drill,
+which every backup triggers, would run between measurements): a PostgreSQL metadata database, the
 execution API server, a DAG processor and a scheduler, with the settings the README recommends
 for backup DAGs. Each measured run is then
 
@@ -31,7 +32,7 @@ from tests.rig.airflow_deployment import (
 )
 from tests.rig.pgcluster import PgCluster
 from tests.rig.s3server import S3Server
-from tests.rig.tools import REPO_ROOT
+from tests.rig.tools import REPO_ROOT, make_workdir, remove_workdir
 
 DAG_ID = "pgcloud_backup"
 MAX_PARALLELISM = 4
@@ -44,11 +45,17 @@ class Airflow(AirflowDeployment):
     """The benchmark's deployment: the example DAG against the benchmark's cluster and store."""
 
     def __init__(self, pg: PgCluster, s3: S3Server) -> None:
+        self._dags = make_workdir("bench-dags")
+        (self._dags / f"{DAG_ID}.py").symlink_to(REPO_ROOT / "dags" / f"{DAG_ID}.py")
         super().__init__(
-            dags_folder=REPO_ROOT / "dags", dag_ids=[DAG_ID], parallelism=MAX_PARALLELISM,
+            dags_folder=self._dags, dag_ids=[DAG_ID], parallelism=MAX_PARALLELISM,
             connections={"pgcloud_postgres": postgres_connection(pg),
                          "aws_default": aws_connection(s3)},
         )
+
+    def stop(self) -> None:
+        super().stop()
+        remove_workdir(self._dags)
 
     def argv(self, url: str, compression: str, jobs: int) -> list[str]:
         return [sys.executable, "-m", "benchmarks.dag", url, compression, str(jobs)]

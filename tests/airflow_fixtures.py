@@ -3,9 +3,9 @@ Airflow connections.
 
 Why at import time: Airflow reads its configuration (AIRFLOW_HOME, the DAGs folder, the
 metadata DB) when it is first imported, so this module points it at a fresh temporary home
-before anything imports ``airflow``. The DAGs folder holds the real example DAG (a symlink to
-``dags/pgcloud_backup.py``) plus small test DAGs built with the same TaskGroup factory and
-operators; ``dag.test()`` only runs DAGs it can find there.
+before anything imports ``airflow``. The DAGs folder holds the real example DAGs (symlinks to
+``dags/pgcloud_backup.py`` and ``dags/pgcloud_restore_drill.py``) plus small test DAGs built
+with the same TaskGroup factory and operators; ``dag.test()`` only runs DAGs it can find there.
 
 Connections come from ``AIRFLOW_CONN_*`` environment variables, exactly as a user would set
 them; no AWS or PG* variables are left in the environment, so the connections are the only
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_DAG = REPO_ROOT / "dags" / "pgcloud_backup.py"
+DRILL_DAG = REPO_ROOT / "dags" / "pgcloud_restore_drill.py"
 AIRFLOW_BIN = Path(sys.executable).parent / "airflow"
 
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="pgcloud-airflow-"))
@@ -114,9 +115,10 @@ with DAG("pgcloud_test_single", schedule=None, start_date=START, params=PARAMS):
 
 def _write_dags_folder() -> None:
     DAGS_FOLDER.mkdir(parents=True, exist_ok=True)
-    link = DAGS_FOLDER / EXAMPLE_DAG.name
-    if not link.exists():
-        link.symlink_to(EXAMPLE_DAG)
+    for example in (EXAMPLE_DAG, DRILL_DAG):
+        link = DAGS_FOLDER / example.name
+        if not link.exists():
+            link.symlink_to(example)
     (DAGS_FOLDER / "pgcloud_test_dags.py").write_text(TEST_DAGS)
 
 

@@ -70,6 +70,8 @@ def _help(module: str) -> str:
     ("airflow_provider_pgcloud.runner.verify", False),
     ("airflow_provider_pgcloud.runner.cleanup", False),
     ("airflow_provider_pgcloud.runner.wal_restore", False),
+    ("airflow_provider_pgcloud.runner.cli.restore", False),
+    ("airflow_provider_pgcloud.runner.cli.drill", False),
 ])
 def test_every_store_option_is_on_the_command_line(module: str, writes: bool) -> None:
     usage = _help(module)

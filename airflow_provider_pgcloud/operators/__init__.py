@@ -14,19 +14,23 @@ from .backup import (
     UploadTablespaceChunksOperator,
 )
 from .base import DEFAULT_ASSET_ALIAS, STATE_KEY, backup_asset
+from .drill import DEFAULT_DRILL_ALIAS, RestoreDrillOperator, drill_asset
 from .single import EndStreamedBackupOperator, PgCloudBackupOperator
 from .verify import VerifyBackupOperator
 
 __all__ = [
     "CHUNK_LABEL",
     "DEFAULT_ASSET_ALIAS",
+    "DEFAULT_DRILL_ALIAS",
     "STATE_KEY",
     "EndStreamedBackupOperator",
     "PgCloudBackupOperator",
+    "RestoreDrillOperator",
     "StartBackupOperator",
     "StopBackupAndUploadLabelOperator",
     "TakeDiskSnapshotsOperator",
     "UploadTablespaceChunksOperator",
     "VerifyBackupOperator",
     "backup_asset",
+    "drill_asset",
 ]

@@ -5,6 +5,7 @@
     verify.py    pgcloud-verify: check a stored backup against its manifest
     cleanup.py   pgcloud-cleanup: remove what dead runs left in the store
     restore.py   pgcloud-restore: restore a backup into a directory
+    drill.py     pgcloud-drill: restore a backup, start it, check it, remove it
     wal_restore.py  pgcloud-wal-restore: fetch one archived WAL file (a restore_command)
     keeper.py    the backup-session keeper an Airflow task starts (internal)
     snapshots.py barman-cloud-backup's snapshot options

@@ -311,6 +311,7 @@ class CloudRestoreAndCheck(Protocol):
         backup_id: str,
         source: PgCluster,
         wal_archive: WalArchive | None = None,
+        restorer: str = "barman",
     ) -> dict[str, str]: ...
 
 
@@ -319,9 +320,10 @@ def cloud_restore_and_check(s3: S3Server) -> Iterator[CloudRestoreAndCheck]:
     """``restore_and_check`` for a backup stored on Azurite or the GCS emulator.
 
     The same steps: fingerprint the source, switch WAL and wait for the (S3) archive,
-    ``barman-cloud-restore --cloud-provider ...`` with the emulator's environment into a fresh
-    dir with tablespaces remapped, start PostgreSQL there replaying WAL from the S3 archive,
-    compare fingerprints.
+    ``barman-cloud-restore --cloud-provider ...`` (or, with ``restorer="pgcloud"``, this
+    project's ``pgcloud-restore``) with the emulator's environment into a fresh dir with
+    tablespaces remapped, start PostgreSQL there replaying WAL from the S3 archive, compare
+    fingerprints.
     """
     workdirs: list[Path] = []
 
@@ -332,13 +334,24 @@ def cloud_restore_and_check(s3: S3Server) -> Iterator[CloudRestoreAndCheck]:
         backup_id: str,
         source: PgCluster,
         wal_archive: WalArchive | None = None,
+        restorer: str = "barman",
     ) -> dict[str, str]:
         def restore_into(datadir: Path, tablespaces: dict[str, Path]) -> None:
             args: list[str] = []
             for name, location in tablespaces.items():
                 args += ["--tablespace", f"{name}:{location}"]
-            barman_cloud(store, "barman-cloud-restore", *args, destination_url, server_name,
-                         backup_id, str(datadir), s3=s3)
+            if restorer == "barman":
+                barman_cloud(store, "barman-cloud-restore", *args, destination_url,
+                             server_name, backup_id, str(datadir), s3=s3)
+                return
+            from tests.runner_cli import RESTORE, runner_env
+
+            done = subprocess.run(
+                [*RESTORE, "--cloud-provider", store.provider, "-J", "2", *args,
+                 destination_url, server_name, backup_id, str(datadir)],
+                env=runner_env(extra=store.env()), capture_output=True, text=True,
+                timeout=600, check=False)
+            assert done.returncode == 0, done.stderr
 
         return _restore_and_compare(source, wal_archive, restore_into, workdirs)
 

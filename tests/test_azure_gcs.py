@@ -130,6 +130,22 @@ def test_backup_is_listed_and_restored_by_barman(
     cloud_restore_and_check(dest.store, url, "pg", name, pg)
 
 
+def test_pgcloud_restores_from_the_store_with_ranged_reads(
+    dest: Destination, pg: PgCluster, s3: S3Server, cloud_restore_and_check: CloudRestoreAndCheck
+) -> None:
+    """An uncompressed data archive object is larger than one 8 MiB range: pgcloud-restore
+    fetches it as ranged reads from the emulator."""
+    url = dest.url("backups/ranged")
+    result = run_runner("--cloud-provider", dest.provider, "--immediate-checkpoint", "-n",
+                        "ranged", url, "pg", pg=pg, env=dest.store.env())
+    assert result.returncode == 0, result.stderr
+    [backup_id] = backup_ids(dest.objects("backups/ranged/"))
+    stored = dest.objects(f"backups/ranged/pg/base/{backup_id}/")
+    assert max(stored.values()) > 8 << 20  # more than one 8 MiB range in one object
+    write_after_backup(pg)
+    cloud_restore_and_check(dest.store, url, "pg", "ranged", pg, restorer="pgcloud")
+
+
 def _closed_port_env(dest: Destination) -> dict[str, str]:
     dead = f"http://127.0.0.1:{free_port()}"  # handed out, never bound: connection refused
     if isinstance(dest.store, AzuriteServer):

@@ -1,0 +1,233 @@
+"""Benchmark: pgcloud-restore against barman-cloud-restore and the raw fetch, on one backup.
+
+    python -m benchmarks.restore [--size-mib 1024] [--codecs none,gzip,zstd] [--jobs 2]
+                                 [--repeat N] [--out DIR] [--report JSON]
+
+Builds the benchmark's cluster (benchmarks/cluster.py) and store (SeaweedFS), takes one backup
+per codec with the runner (not measured), then restores each backup, back to back and in
+rotating order:
+
+- `pgcloud`: `pgcloud-restore -J N` into an empty directory (tablespace beside it);
+- `barman`: `barman-cloud-restore` 3.20 of the same backup (it has no -J: one object after
+  another, its decompression piped into GNU tar);
+- `raw`: the raw limit, the same archive objects fetched from the store into memory and
+  dropped, N objects at once, each as boto3's managed download (8 MiB ranges, 4 threads):
+  what the store and the network give a plain client with nothing to write.
+
+Every restore runs as the postgres OS user, as a database host would, and its directories are
+removed afterwards. Recorded per run: wall-clock seconds, MB/s of the restored data (the bytes
+of the files in the archives), and the peak RSS of the whole process tree. Prints a Markdown
+table with the targets and writes the runs as JSON into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from benchmarks.cluster import build_cluster, data_size
+from benchmarks.measure import load_average, run_measured
+from benchmarks.run import FLAGS, MB, drop_bucket, fresh_bucket, log
+from tests.rig.barman import barman_env
+from tests.rig.pgcluster import PgCluster
+from tests.rig.s3server import S3Server, start_s3_server
+from tests.rig.tools import (
+    REPO_ROOT,
+    as_postgres,
+    barman_bin,
+    chown_to_postgres,
+    make_workdir,
+    postgres_home,
+)
+
+CODECS = ("none", "gzip", "zstd")
+TOOLS = ("pgcloud", "barman", "raw")
+RAW_FETCH = """
+import concurrent.futures, json, os, sys, time
+import boto3
+from boto3.s3.transfer import TransferConfig
+class Sink:
+    def __init__(self): self.n = 0
+    def write(self, data): self.n += len(data); return len(data)
+bucket, keys, jobs = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3])
+client = boto3.client("s3", endpoint_url=os.environ["PGCLOUD_BENCH_ENDPOINT"])
+config = TransferConfig(multipart_chunksize=8 << 20, max_concurrency=4)
+def fetch(key):
+    sink = Sink(); client.download_fileobj(bucket, key, sink, Config=config); return sink.n
+with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+    print(json.dumps({"bytes": sum(pool.map(fetch, keys))}))
+"""
+
+
+@dataclass
+class RestoreRun:
+    tool: str  # pgcloud | barman | raw
+    codec: str
+    jobs: int
+    seconds: float
+    data_bytes: int  # the restored files' bytes (the same for every tool of a codec)
+    stored_bytes: int
+    peak_rss: int
+    load: tuple[float, float, float]
+    ok: bool = True
+    note: str = ""
+
+    @property
+    def mb_s(self) -> float:
+        return self.data_bytes / MB / self.seconds if self.seconds else 0.0
+
+
+def _env(s3: S3Server) -> dict[str, str]:
+    env = barman_env(s3)
+    env.update({"PYTHONPATH": str(REPO_ROOT), "HOME": postgres_home(),
+                "PGCLOUD_BENCH_ENDPOINT": s3.endpoint_url})
+    return env
+
+
+def _backup(s3: S3Server, pg: PgCluster, codec: str, jobs: int) -> tuple[str, str, str]:
+    """(bucket, url, backup ID) of one runner backup of the cluster."""
+    bucket = fresh_bucket(s3)
+    url = f"s3://{bucket}/bench"
+    env = _env(s3) | pg.env()
+    done = run_measured(as_postgres([
+        sys.executable, "-m", "airflow_provider_pgcloud.runner", "--endpoint-url",
+        s3.endpoint_url, "--immediate-checkpoint", "-J", str(jobs), *FLAGS[codec], url, "pg",
+    ]), env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"backup ({codec}) failed: {done.stderr[-2000:]}")
+    [info] = [k for k in s3.list_objects(bucket) if k.endswith("/backup.info")]
+    return bucket, url, info.split("/")[-2]
+
+
+def _restore_argv(tool: str, s3: S3Server, url: str, backup_id: str, target: Path,
+                  jobs: int, bucket: str, keys: Sequence[str]) -> list[str]:
+    tablespace = f"tbs1:{target.parent / 'tbs1'}"
+    if tool == "pgcloud":
+        return as_postgres([sys.executable, "-m", "airflow_provider_pgcloud.runner.cli.restore",
+                            "--endpoint-url", s3.endpoint_url, "-J", str(jobs),
+                            "--tablespace", tablespace, url, "pg", backup_id, str(target)])
+    if tool == "barman":
+        return as_postgres([str(barman_bin("barman-cloud-restore")), "--endpoint-url",
+                            s3.endpoint_url, "--tablespace", tablespace, url, "pg", backup_id,
+                            str(target)])
+    return [sys.executable, "-c", RAW_FETCH, bucket, ",".join(keys), str(jobs)]
+
+
+def restore_runs(s3: S3Server, pg: PgCluster, codecs: Sequence[str], jobs: int,
+                 repeat: int, data_bytes: int) -> list[RestoreRun]:
+    runs: list[RestoreRun] = []
+    for n, codec in enumerate(codecs):
+        bucket, url, backup_id = _backup(s3, pg, codec, jobs)
+        objects = s3.list_objects(bucket, f"bench/pg/base/{backup_id}/")
+        keys = [k for k in objects if ".tar" in k]
+        stored = sum(objects[k] for k in keys)
+        try:
+            for r in range(repeat):
+                order = TOOLS[(n + r) % 3:] + TOOLS[:(n + r) % 3]  # who goes first rotates
+                for tool in order:
+                    workdir = make_workdir("bench-restore")
+                    chown_to_postgres(workdir)
+                    target = workdir / "pgdata"
+                    load = load_average()
+                    done = run_measured(_restore_argv(tool, s3, url, backup_id, target, jobs,
+                                                      bucket, keys), env=_env(s3))
+                    shutil.rmtree(workdir, ignore_errors=True)
+                    run = RestoreRun(tool, codec, jobs, done.seconds, data_bytes, stored,
+                                     done.peak_rss, load, done.returncode == 0,
+                                     done.stderr[-300:] if done.returncode else "")
+                    runs.append(run)
+                    log(f"{codec:5} {tool:8} {run.seconds:6.1f}s {run.mb_s:6.0f} MB/s "
+                        f"RSS {run.peak_rss / MB:4.0f} MB {'ok' if run.ok else 'FAILED'}")
+        finally:
+            drop_bucket(s3, bucket)
+    return runs
+
+
+def _median(runs: list[RestoreRun], tool: str, codec: str) -> RestoreRun | None:
+    mine = sorted((r for r in runs if r.tool == tool and r.codec == codec and r.ok),
+                  key=lambda r: r.seconds)
+    return mine[len(mine) // 2] if mine else None
+
+
+def table(runs: list[RestoreRun]) -> str:
+    lines = ["| codec | -J | pgcloud-restore s | MB/s | peak RSS MB | barman-cloud-restore s | "
+             "MB/s | peak RSS MB | raw fetch s | MB/s | vs Barman | vs raw fetch |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    targets: list[str] = []
+    for codec in dict.fromkeys(r.codec for r in runs):
+        ours, barman, raw = (_median(runs, tool, codec) for tool in TOOLS)
+        if ours is None:
+            continue
+        vs_barman = barman.seconds / ours.seconds if barman else float("nan")
+        vs_raw = ours.seconds / raw.seconds if raw else float("nan")
+        lines.append(
+            f"| {codec} | {ours.jobs} | {ours.seconds:.1f} | {ours.mb_s:.0f} | "
+            f"{ours.peak_rss / MB:.0f} | {barman.seconds if barman else float('nan'):.1f} | "
+            f"{barman.mb_s if barman else float('nan'):.0f} | "
+            f"{barman.peak_rss / MB if barman else float('nan'):.0f} | "
+            f"{raw.seconds if raw else float('nan'):.1f} | "
+            f"{raw.mb_s if raw else float('nan'):.0f} | {vs_barman:.2f}x | {vs_raw:.2f}x |")
+        if codec == "none":
+            targets.append(f"none within 1.3x of the raw fetch: {vs_raw:.2f}x "
+                           f"{'MET' if vs_raw <= 1.3 else 'MISSED'}")
+        else:
+            targets.append(f"{codec} at least 2x barman-cloud-restore: {vs_barman:.2f}x "
+                           f"{'MET' if vs_barman >= 2 else 'MISSED'}")
+        targets.append(f"{codec} peak RSS at most 400 MB: {ours.peak_rss / MB:.0f} MB "
+                       f"{'MET' if ours.peak_rss <= 400 * MB else 'MISSED'}")
+    return "\n".join(lines) + "\n\nTargets:\n" + "\n".join(f"- {t}" for t in targets)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.restore",
+                                     description=__doc__.split("\n\n")[0] if __doc__ else "")
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--codecs", default=",".join(CODECS))
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results"))
+    parser.add_argument("--report", help="print the table of an earlier run's JSON")
+    args = parser.parse_args(argv)
+    if args.report:
+        data = json.loads(Path(args.report).read_text())
+        print(table([RestoreRun(**{**r, "load": tuple(r["load"])}) for r in data["runs"]]))
+        return 0
+    codecs = [c for c in args.codecs.split(",") if c]
+    s3 = start_s3_server(make_workdir("bench-s3"), remove_workdir_on_stop=True)
+    pg = None
+    try:
+        pg, _plan = build_cluster(args.size_mib, log)
+        data_bytes, files = data_size(pg)
+        log(f"cluster: {data_bytes / MB:.0f} MB in {files} files")
+        runs = restore_runs(s3, pg, codecs, args.jobs, args.repeat, data_bytes)
+    finally:
+        if pg is not None:
+            pg.stop()
+        s3.stop()
+    report = table(runs)
+    print(report)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+    path = out / f"restore-{data_bytes // MB}MB-{stamp}.json"
+    path.write_text(json.dumps({
+        "command": " ".join(["python -m benchmarks.restore", *(argv or sys.argv[1:])]),
+        "started": stamp, "data_bytes": data_bytes, "files": files,
+        "runs": [asdict(r) for r in runs]}, indent=1))
+    log(f"wrote {path}")
+    return 0 if all(r.ok for r in runs) else 1
+
+
+if __name__ == "__main__":
+    start = time.monotonic()
+    code = main()
+    log(f"done in {time.monotonic() - start:.0f}s")
+    sys.exit(code)
+

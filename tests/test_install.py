@@ -25,6 +25,7 @@ from tests.conftest import RestoreAndCheck
 from tests.rig.barman import backup_list
 from tests.rig.pgcluster import PgCluster
 from tests.rig.s3server import S3Server
+from tests.rig.tools import make_workdir, remove_workdir
 from tests.runner_cli import REPO
 
 MAX_VENV_MB = 300
@@ -132,6 +133,9 @@ def test_the_runner_installs_without_airflow(
         "for m in ('airflow_provider_pgcloud.runner.cli.backup',"
         " 'airflow_provider_pgcloud.runner.cli.verify',"
         " 'airflow_provider_pgcloud.runner.cli.cleanup',"
+        " 'airflow_provider_pgcloud.runner.cli.restore',"
+        " 'airflow_provider_pgcloud.runner.cli.wal_restore',"
+        " 'airflow_provider_pgcloud.runner.cli.drill',"
         " 'isal.isal_zlib', 'snappy', 'lz4.frame', 'zstandard', 'crc32c', 'psycopg2', 'boto3'):\n"
         "    importlib.import_module(m)\n"
         "def absent(m):\n"
@@ -193,6 +197,19 @@ def test_console_scripts_back_up_verify_and_clean_up(
     _ok(_run([engine_venv.script("pgcloud-cleanup"), "--dry-run", "--endpoint-url",
               s3.endpoint_url, url, "pg"], cwd=cwd, env=env))
     assert s3.list_objects(bucket) == before
+
+    # pgcloud-restore of the wheel restores it, pg_control last; the other scripts answer
+    target = make_workdir("install-restore")
+    try:
+        _ok(_run([engine_venv.script("pgcloud-restore"), "--endpoint-url", s3.endpoint_url,
+                  "--tablespace", f"tbs1:{target / 'tbs1'}", url, "pg", backup_id,
+                  str(target / "pgdata")], cwd=cwd, env=env))
+        assert (target / "pgdata" / "global" / "pg_control").exists()
+        assert (target / "pgdata" / "pg_tblspc" / "16384").resolve() == target / "tbs1"
+    finally:
+        remove_workdir(target)
+    for script in ("pgcloud-wal-restore", "pgcloud-drill"):
+        assert "source_url" in _ok(_run([engine_venv.script(script), "--help"], cwd=cwd)).stdout
 
     # A row written after the backup reaches the restore only through Barman's WAL archive.
     pg.execute("CREATE TABLE IF NOT EXISTS after_install_backup (id int, note text)",

@@ -72,6 +72,8 @@ def _help(module: str) -> str:
     ("airflow_provider_pgcloud.runner.wal_restore", False),
     ("airflow_provider_pgcloud.runner.cli.restore", False),
     ("airflow_provider_pgcloud.runner.cli.drill", False),
+    ("airflow_provider_pgcloud.runner.cli.backup_delete", False),
+    ("airflow_provider_pgcloud.runner.cli.backup_keep", False),
 ])
 def test_every_store_option_is_on_the_command_line(module: str, writes: bool) -> None:
     usage = _help(module)

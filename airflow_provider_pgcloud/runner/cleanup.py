@@ -79,7 +79,8 @@ def _backup_id_of(key: str, base: str, manifests: str) -> str | None:
     return None
 
 
-def _begin_time(info: dict[str, Any], backup_id: str) -> dt.datetime:
+def begin_time(info: dict[str, Any], backup_id: str) -> dt.datetime:
+    """When a backup began: its begin_time, else its ID (the client's local time)."""
     begin = info.get("begin_time")
     if isinstance(begin, dt.datetime):
         return begin if begin.tzinfo else begin.astimezone()
@@ -142,7 +143,7 @@ def clean_server(
         statuses[backup_id] = status
         if status != bi.STARTED or backup_id in keep:
             continue
-        if now - _begin_time(info, backup_id) <= grace:
+        if now - begin_time(info, backup_id) <= grace:
             report.kept_started.append(backup_id)
             continue
         if any("/annotations/" in key for key in keys):
@@ -150,7 +151,7 @@ def clean_server(
             continue
         dead.add(backup_id)
         log.info("%s dead backup %s (STARTED at %s)", "would remove" if dry_run else "removing",
-                 backup_id, _begin_time(info, backup_id).isoformat(timespec="seconds"))
+                 backup_id, begin_time(info, backup_id).isoformat(timespec="seconds"))
         try:
             _delete_all(store, (k for k in keys if k != info_key), dry_run)
             _delete_all(store, manifest_groups.pop(backup_id, ()), dry_run)

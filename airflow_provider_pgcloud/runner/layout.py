@@ -8,6 +8,8 @@ destination `<store>/<path>` and a server:
     <path>/<server>/base/<backup_id>/data_0001.tar[...]      more PGDATA archives
     <path>/<server>/base/<backup_id>/<oid>.tar[...]          a tablespace (and <oid>_0001...)
     <path>/<server>/base/<backup_id>/backup_label            a snapshot backup's label
+    <path>/<server>/base/<backup_id>/annotations/keep        barman-cloud-backup-keep's mark:
+                                                             `full` or `standalone`
 
 and the WAL that barman-cloud-wal-archive pushes (read by wal_restore.py):
 
@@ -38,6 +40,8 @@ MANIFEST_DIR = "pgcloud"
 DATA = "data"  # the archive of PGDATA; a tablespace's archive is named by its OID
 INFO_NAME = "backup.info"
 LABEL_NAME = "backup_label"
+ANNOTATIONS_DIR = "annotations"
+KEEP_ANNOTATION = "keep"
 
 BACKUP_ID_FORMAT = "%Y%m%dT%H%M%S"
 _BACKUP_ID = re.compile(r"^\d{8}T\d{6}$")
@@ -100,6 +104,16 @@ def label_key(prefix: str) -> str:
     return f"{prefix}/{LABEL_NAME}"
 
 
+def annotation_key(prefix: str, name: str) -> str:
+    """`<path>/<server>/base/<id>/annotations/<name>`: where Barman's annotations of a backup
+    live (`keep`, written by barman-cloud-backup-keep)."""
+    return f"{prefix}/{ANNOTATIONS_DIR}/{name}"
+
+
+def keep_key(prefix: str) -> str:
+    return annotation_key(prefix, KEEP_ANNOTATION)
+
+
 def archive_stem(archive: str, index: int) -> str:
     """An archive object's name without its suffix, as Barman numbers split archives: `data`,
     `data_0001`, `16384_0002`."""
@@ -151,6 +165,35 @@ def is_segment_name(name: str) -> bool:
     return bool(match and match["log"] and not match["kind"])
 
 
+def wal_timeline(name: str) -> int:
+    """The timeline a WAL file name belongs to (its first 8 hex digits)."""
+    match = _WAL_NAME.match(name)
+    if not match:
+        raise ValueError(f"{name} is not a WAL file name")
+    return int(match["tli"], 16)
+
+
+def is_history_name(name: str) -> bool:
+    match = _WAL_NAME.match(name)
+    return bool(match and not match["log"])
+
+
+def is_backup_file_name(name: str) -> bool:
+    """A `<segment>.<offset>.backup` file, which PostgreSQL archives at the end of a backup."""
+    match = _WAL_NAME.match(name)
+    return bool(match and match["kind"] and match["kind"].endswith(".backup"))
+
+
+_HASH_DIR = re.compile(r"^(?P<tli>[0-9A-Fa-f]{8})(?P<log>[0-9A-Fa-f]{8})\Z")
+
+
+def parse_wal_hash_dir(directory: str) -> tuple[int, int] | None:
+    """(timeline, log) of a WAL hash directory name (`0000000100000002`), None for anything
+    else."""
+    match = _HASH_DIR.match(directory)
+    return (int(match["tli"], 16), int(match["log"], 16)) if match else None
+
+
 def wal_hash_dir(name: str) -> str:
     """The directory Barman files a WAL name under: timeline and log, the first 16 hex digits
     in upper case (`000000010000000A` for `000000010000000A000000FE.partial`); "" for a history
@@ -161,6 +204,11 @@ def wal_hash_dir(name: str) -> str:
     if not match["log"]:
         return ""
     return f"{match['tli']}{match['log']}".upper()
+
+
+def wals_prefix(base_path: str, server_name: str) -> str:
+    """`<path>/<server>/wals/`: all archived WAL of one server, as a listing prefix."""
+    return f"{server_prefix(base_path, server_name)}/{WALS_DIR}/"
 
 
 def wal_key(base_path: str, server_name: str, name: str, suffix: str = "") -> str:
@@ -176,6 +224,19 @@ def wal_compression(key: str) -> tuple[str, str | None]:
         if name.endswith(suffix):
             return name[: -len(suffix)], compression
     return name, None
+
+
+def stored_wal_name(key: str) -> str | None:
+    """The WAL file name a stored object holds, as Barman reads its archive: the object's name
+    is a WAL file name, or one plus a single compression suffix (`.gz`, `.zst`...); None for
+    any other object."""
+    name = posixpath.basename(key)
+    if is_wal_name(name):
+        return name
+    stem, dot, suffix = name.rpartition(".")
+    if dot and "." + suffix in WAL_COMPRESSIONS and is_wal_name(stem):
+        return stem
+    return None
 
 
 # --- this project's manifests ----------------------------------------------------------------

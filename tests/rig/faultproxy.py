@@ -20,7 +20,9 @@ Fault kinds:
   "corrupt"    forward the request with one byte of its body flipped (a bit error on the way:
                the store must notice it from the part's checksum);
   "no-checksums" answer `400 InvalidArgument`, as stores that do not know S3's
-               flexible-checksum headers answer a request that carries them.
+               flexible-checksum headers answer a request that carries them;
+  "501"        answer `501 Not Implemented` (NotImplemented), as a store answers an API it
+               does not have (S3 DeleteObjects, an Azure blob batch, a GCS batch request).
 `blackhole(True)` makes the store unavailable: new connections are accepted and read but never
 answered, and connections being forwarded stop passing data either way.
 """
@@ -45,6 +47,8 @@ _RESPONSES = {
     "500": (b"500 Internal Server Error", b"InternalError",
             b"We encountered an internal error. Please try again."),
     "403": (b"403 Forbidden", b"AccessDenied", b"Access Denied"),  # permanent: no retry
+    "501": (b"501 Not Implemented", b"NotImplemented",
+            b"A header you provided implies functionality that is not implemented."),
     "no-checksums": (b"400 Bad Request", b"InvalidArgument",
                      b"Unsupported header 'x-amz-checksum-crc32c' received for this API call."),
 }

@@ -70,6 +70,13 @@ class S3Server:
     ports: list[int] = field(default_factory=list)
     remove_workdir_on_stop: bool = False
 
+    @property
+    def filer_url(self) -> str:
+        """SeaweedFS's filer HTTP API (no authentication here): a bucket's objects are the
+        files under ``/buckets/<bucket>/``. Writing there skips S3's request signing, which is
+        what makes creating tens of thousands of small objects quick."""
+        return f"http://127.0.0.1:{self.ports[2]}"
+
     def env(self) -> dict[str, str]:
         """Environment for boto3-based clients (Barman, the runner) talking to this server.
 

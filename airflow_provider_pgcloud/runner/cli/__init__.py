@@ -6,6 +6,8 @@
     cleanup.py   pgcloud-cleanup: remove what dead runs left in the store
     restore.py   pgcloud-restore: restore a backup into a directory
     drill.py     pgcloud-drill: restore a backup, start it, check it, remove it
+    backup_delete.py  pgcloud-backup-delete: retention policies and deleting backups
+    backup_keep.py    pgcloud-backup-keep: keep annotations, as barman-cloud-backup-keep
     wal_restore.py  pgcloud-wal-restore: fetch one archived WAL file (a restore_command)
     keeper.py    the backup-session keeper an Airflow task starts (internal)
     snapshots.py barman-cloud-backup's snapshot options

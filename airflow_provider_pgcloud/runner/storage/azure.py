@@ -22,10 +22,11 @@ The SDK is imported when this module is, and this module only when the provider 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -40,6 +41,7 @@ from ..errors import (
     missing_module,
 )
 from .base import Capabilities, StoreConfig, Upload
+from .deletes import BatchDeleter, BulkDeleteRefused
 
 try:
     from azure.core.credentials import AzureNamedKeyCredential
@@ -56,6 +58,7 @@ try:
         ContainerClient,
         ExponentialRetry,
         LinearRetry,
+        PartialBatchErrorException,
     )
 except ImportError as _exc:  # the `azure` extra is not installed
     raise missing_module("azure-storage-blob", "azure", _exc) from None
@@ -63,6 +66,9 @@ except ImportError as _exc:  # the `azure` extra is not installed
 AZURE_BLOB_DOMAIN = "blob.core.windows.net"
 MIN_PART_SIZE = 64 << 10  # Barman's MIN_CHUNK_SIZE for Azure
 MAX_PARTS = 50_000  # blocks per committed blob
+MAX_DELETE_BATCH = 256  # sub-requests per blob batch request
+DELETE_WORKERS = 4  # batch requests in flight at once
+_NO_BATCH_CODES = frozenset({"NotImplemented", "FeatureNotSupported", "UnsupportedHttpVerb"})
 _BLOCK_ID_WIDTH = 5  # every block ID of a blob must have the same length: 00001 .. 50000
 
 CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
@@ -226,6 +232,7 @@ class AzureStore:
 
     min_part_size = MIN_PART_SIZE
     max_parts = MAX_PARTS
+    max_delete_batch = MAX_DELETE_BATCH
     capabilities = Capabilities(lists_uploads=True, tags="blob index tags", checksum=None)
 
     def __init__(self, config: StoreConfig,
@@ -244,6 +251,9 @@ class AzureStore:
         if config.encryption_scope:
             self._extra["encryption_scope"] = config.encryption_scope
         self._tags = dict(config.tags) if config.tags else None
+        self._deleter = BatchDeleter(f"the Azure container {self.bucket}", MAX_DELETE_BATCH,
+                                     self._delete_batch, self._delete_if_there,
+                                     workers=DELETE_WORKERS)
 
     def check(self) -> None:
         """List at most one blob under the base path (Barman's probe): it needs only list
@@ -295,6 +305,32 @@ class AzureStore:
 
     def delete(self, key: str) -> None:
         self._container.delete_blob(key)
+
+    def delete_many(self, keys: Iterable[str], batch_size: int | None = None) -> dict[str, str]:
+        return self._deleter.delete(keys, batch_size)
+
+    def _delete_if_there(self, key: str) -> None:
+        with contextlib.suppress(ResourceNotFoundError):
+            self._container.delete_blob(key)
+
+    def _delete_batch(self, keys: Sequence[str]) -> dict[str, str]:
+        """One blob batch request; its answers come back in the order of the keys."""
+        try:
+            responses = list(self._container.delete_blobs(*keys, raise_on_any_failure=False))
+        except PartialBatchErrorException as exc:
+            responses = list(exc.parts or ())
+        except HttpResponseError as exc:
+            if exc.status_code in (405, 501) or getattr(exc, "error_code", None) \
+                    in _NO_BATCH_CODES:
+                raise BulkDeleteRefused(f"HTTP {exc.status_code}: {first_line(exc)}") \
+                    from None
+            raise
+        if len(responses) != len(keys):
+            raise BackupFailed(f"a blob batch of {len(keys)} deletes had {len(responses)} "
+                               "answers")
+        return {key: f"HTTP {response.status_code}: {response.reason}"
+                for key, response in zip(keys, responses, strict=True)
+                if response.status_code not in (200, 202, 204, 404)}
 
     def list_uploads(self, prefix: str) -> Iterator[Upload]:
         """Every blob under prefix that has only uncommitted blocks (no upload ID)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol
 
@@ -189,6 +189,20 @@ class ObjectStore(Protocol):
         ...
 
     def delete(self, key: str) -> None: ...
+
+    def delete_many(self, keys: Iterable[str], batch_size: int | None = None) -> dict[str, str]:
+        """Delete every key, in the store's bulk requests of at most `batch_size` keys (None:
+        `max_delete_batch`; clamped to 1..max_delete_batch): S3 DeleteObjects, an Azure blob
+        batch, a GCS batch request. A store that refuses bulk deletes gets one request per
+        object from then on, with one warning logged. Returns {key: reason} for every key that
+        could not be deleted; a key that is already gone is not an error."""
+        ...
+
+    @property
+    def max_delete_batch(self) -> int:
+        """The most keys one bulk delete request of this store takes (1000 S3, 256 Azure,
+        100 GCS)."""
+        ...
 
     def start_multipart(self, key: str) -> MultipartUpload: ...
 

@@ -31,10 +31,11 @@ STORAGE_EMULATOR_HOST set the client talks to that emulator anonymously.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
@@ -47,6 +48,7 @@ from ..errors import (
     missing_module,
 )
 from .base import Capabilities, StoreConfig, Upload
+from .deletes import BatchDeleter, BulkDeleteRefused
 
 try:
     import google_crc32c
@@ -63,6 +65,7 @@ CONSOLE_URL = "https://console.cloud.google.com/storage/browser/"
 CHUNK_ALIGNMENT = 256 << 10  # every resumable chunk but the last is a multiple of this
 MIN_PART_SIZE = CHUNK_ALIGNMENT
 MAX_PARTS = 10_000  # no limit for resumable uploads; Barman's GCS value keeps its part sizes
+MAX_DELETE_BATCH = 100  # requests per batch request
 MAX_ATTEMPTS = 6  # per chunk: the first try and 5 resumptions (1+2+4+8+16 s of backoff)
 _RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _TRANSIENT = (requests.ConnectionError, requests.Timeout,
@@ -251,6 +254,7 @@ class GCSStore:
 
     min_part_size = MIN_PART_SIZE
     max_parts = MAX_PARTS
+    max_delete_batch = MAX_DELETE_BATCH
     capabilities = Capabilities(lists_uploads=False, tags="object metadata",
                                 checksum="CRC32C of the whole object",
                                 engine_retries_parts=False)
@@ -265,6 +269,9 @@ class GCSStore:
         self._bucket = self._client.bucket(self.bucket)
         self._timeout: tuple[float, float] = (10.0, float(config.read_timeout))
         self._metadata = dict(config.tags) if config.tags else None
+        # one batch at a time: a client collects the requests of one batch at a time
+        self._deleter = BatchDeleter(f"the GCS endpoint of bucket {self.bucket}",
+                                     MAX_DELETE_BATCH, self._delete_batch, self._delete_if_there)
 
     def _blob(self, key: str) -> Blob:
         blob = self._bucket.blob(key, kms_key_name=self._config.kms_key_name)
@@ -325,6 +332,33 @@ class GCSStore:
 
     def delete(self, key: str) -> None:
         self._bucket.blob(key).delete(timeout=self._timeout, retry=DEFAULT_RETRY)
+
+    def delete_many(self, keys: Iterable[str], batch_size: int | None = None) -> dict[str, str]:
+        return self._deleter.delete(keys, batch_size)
+
+    def _delete_if_there(self, key: str) -> None:
+        with contextlib.suppress(api_exceptions.NotFound):
+            self.delete(key)
+
+    def _delete_batch(self, keys: Sequence[str]) -> dict[str, str]:
+        """One batch request (multipart/mixed) of object deletes; its answers come back in
+        the order of the keys."""
+        try:
+            with self._client.batch(raise_exception=False) as batch:
+                for key in keys:
+                    self._bucket.blob(key).delete(timeout=self._timeout, retry=None)
+        except (api_exceptions.MethodNotImplemented, api_exceptions.MethodNotAllowed,
+                api_exceptions.NotFound) as exc:
+            # the batch request itself was refused: the endpoint has no batch API
+            raise BulkDeleteRefused(first_line(exc)) from None
+        except ValueError as exc:  # an answer that is not multipart: no batch API either
+            raise BulkDeleteRefused(first_line(exc)) from None
+        responses: Sequence[requests.Response] = batch._responses
+        if len(responses) != len(keys):
+            raise BackupFailed(f"a batch of {len(keys)} deletes had {len(responses)} answers")
+        return {key: f"HTTP {response.status_code}: {first_line(response.text or '')}"
+                for key, response in zip(keys, responses, strict=True)
+                if not 200 <= response.status_code < 300 and response.status_code != 404}
 
     def list_uploads(self, prefix: str) -> Iterator[Upload]:
         """Resumable upload sessions cannot be listed; they expire by themselves after a week."""

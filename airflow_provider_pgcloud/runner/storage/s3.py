@@ -21,7 +21,7 @@ from __future__ import annotations
 import base64
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlencode, urlparse
 
@@ -32,6 +32,7 @@ from botocore.config import Config
 
 from ..errors import BackupFailed, BucketMissing, CloudConnectionError, InputError, PgCloudError
 from .base import Capabilities, StoreConfig, Upload
+from .deletes import BatchDeleter, BulkDeleteRefused
 
 _UNREACHABLE = (
     botocore.exceptions.EndpointConnectionError,
@@ -42,6 +43,8 @@ _UNREACHABLE = (
 
 MIN_PART_SIZE = 5 << 20
 MAX_PARTS = 10_000
+MAX_DELETE_BATCH = 1000  # keys per DeleteObjects request
+DELETE_WORKERS = 4  # DeleteObjects requests in flight at once
 
 log = logging.getLogger("pgcloud")
 
@@ -57,6 +60,16 @@ def _refuses_checksums(exc: botocore.exceptions.ClientError) -> bool:
     code = exc.response.get("Error", {}).get("Code", "")
     return status in (400, 501) and code in ("InvalidArgument", "InvalidRequest",
                                              "NotImplemented", "BadRequest")
+
+
+def _refuses_bulk_delete(exc: botocore.exceptions.ClientError) -> bool:
+    """True for the answer of a store that does not do DeleteObjects (or wants it signed with
+    a Content-MD5 the SDK no longer sends)."""
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    error = exc.response.get("Error", {})
+    code, message = error.get("Code", ""), error.get("Message") or ""
+    return (status == 501 or code in ("NotImplemented", "MissingContentMD5")
+            or "content-md5" in message.lower())
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -112,6 +125,7 @@ class S3Store:
 
     min_part_size = MIN_PART_SIZE
     max_parts = MAX_PARTS
+    max_delete_batch = MAX_DELETE_BATCH
     # accepts_buffers: botocore sends a bytearray body in one piece, where it wraps bytes in a
     # BytesIO that it hashes and sends in small copies
     capabilities = Capabilities(lists_uploads=True, tags="object tags",
@@ -152,6 +166,9 @@ class S3Store:
             self._extra["SSEKMSKeyId"] = config.sse_kms_key_id
         if config.tags:
             self._extra["Tagging"] = urlencode(list(config.tags))
+        self._deleter = BatchDeleter(f"the S3 endpoint of bucket {self.bucket}",
+                                     MAX_DELETE_BATCH, self._delete_batch, self.delete,
+                                     workers=min(DELETE_WORKERS, max_connections))
 
     def check(self) -> None:
         client = self._session.client(
@@ -241,6 +258,28 @@ class S3Store:
 
     def delete(self, key: str) -> None:
         self._client.delete_object(Bucket=self.bucket, Key=key)
+
+    def delete_many(self, keys: Iterable[str], batch_size: int | None = None) -> dict[str, str]:
+        return self._deleter.delete(keys, batch_size)
+
+    def _delete_batch(self, keys: Sequence[str]) -> dict[str, str]:
+        """One DeleteObjects request (quiet: only failures are listed in the answer)."""
+        try:
+            response = self._client.delete_objects(
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True},
+            )
+        except botocore.exceptions.ClientError as exc:
+            if _refuses_bulk_delete(exc):
+                error = exc.response.get("Error", {})
+                raise BulkDeleteRefused(f"{error.get('Code')}: {error.get('Message')}") \
+                    from None
+            raise
+        return {
+            error["Key"]: f"{error.get('Code')}: {error.get('Message')}"
+            for error in response.get("Errors", ())
+            if error.get("Code") != "NoSuchKey"
+        }
 
     def list_uploads(self, prefix: str) -> Iterator[Upload]:
         """Every multipart upload in progress under prefix."""

@@ -11,8 +11,8 @@ rotating order:
 - `barman`: `barman-cloud-restore` 3.20 of the same backup (it has no -J: one object after
   another, its decompression piped into GNU tar);
 - `raw`: the raw limit, the same archive objects fetched from the store into memory and
-  dropped, N objects at once, each as boto3's managed download (8 MiB ranges, 4 threads):
-  what the store and the network give a plain client with nothing to write.
+  dropped, N objects at once, each as 8 MiB ranged GETs four at a time (as the restore
+  fetches): what the store and the network give a plain client with nothing to write.
 
 Every restore runs as the postgres OS user, as a database host would, and its directories are
 removed afterwards. Recorded per run: wall-clock seconds, MB/s of the restored data (the bytes
@@ -50,19 +50,22 @@ from tests.rig.tools import (
 CODECS = ("none", "gzip", "zstd")
 TOOLS = ("pgcloud", "barman", "raw")
 RAW_FETCH = """
-import concurrent.futures, json, os, sys, time
+import concurrent.futures, json, os, sys
 import boto3
-from boto3.s3.transfer import TransferConfig
-class Sink:
-    def __init__(self): self.n = 0
-    def write(self, data): self.n += len(data); return len(data)
-bucket, keys, jobs = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3])
+bucket, jobs = sys.argv[1], int(sys.argv[3])
+objects = [(key, int(size)) for key, size in (item.split("=") for item in sys.argv[2].split(","))]
 client = boto3.client("s3", endpoint_url=os.environ["PGCLOUD_BENCH_ENDPOINT"])
-config = TransferConfig(multipart_chunksize=8 << 20, max_concurrency=4)
-def fetch(key):
-    sink = Sink(); client.download_fileobj(bucket, key, sink, Config=config); return sink.n
+RANGE = 8 << 20
+def get(key, start, size):
+    end = min(start + RANGE, size) - 1
+    body = client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end}")["Body"]
+    return len(body.read())
+def fetch(item):
+    key, size = item
+    with concurrent.futures.ThreadPoolExecutor(4) as ranges:
+        return sum(ranges.map(lambda start: get(key, start, size), range(0, size, RANGE)))
 with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-    print(json.dumps({"bytes": sum(pool.map(fetch, keys))}))
+    print(json.dumps({"bytes": sum(pool.map(fetch, sorted(objects, key=lambda o: -o[1])))}))
 """
 
 
@@ -126,8 +129,8 @@ def restore_runs(s3: S3Server, pg: PgCluster, codecs: Sequence[str], jobs: int,
     for n, codec in enumerate(codecs):
         bucket, url, backup_id = _backup(s3, pg, codec, jobs)
         objects = s3.list_objects(bucket, f"bench/pg/base/{backup_id}/")
-        keys = [k for k in objects if ".tar" in k]
-        stored = sum(objects[k] for k in keys)
+        keys = [f"{k}={objects[k]}" for k in objects if ".tar" in k]
+        stored = sum(size for k, size in objects.items() if ".tar" in k)
         try:
             for r in range(repeat):
                 order = TOOLS[(n + r) % 3:] + TOOLS[:(n + r) % 3]  # who goes first rotates

@@ -37,6 +37,7 @@ import os
 import posixpath
 import pwd
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import (
     FIRST_COMPLETED,
@@ -324,6 +325,7 @@ class _Decompressed:
 
 def restore_object(store: ObjectStore, job: _Job, cancelled: Any = None) -> dict[str, int]:
     """Fetch, decompress, unpack and check one archive object (see the module doc)."""
+    started = time.monotonic()
     manifest: dict[str, Any] | None = None
     if job.manifest_key:
         try:
@@ -403,6 +405,8 @@ def restore_object(store: ObjectStore, job: _Job, cancelled: Any = None) -> dict
         if want_sum is not None and stored_checksum is not None \
                 and stored_checksum.hexdigest() != want_sum:
             raise fail(f"stored object's {algorithm} checksum does not match the uploaded one's")
+    log.debug("restored %s: %d files, %s in %.1fs", job.name, files, format_size(nbytes),
+              time.monotonic() - started)
     return {"files": files, "bytes": nbytes, "stored": source.stored_bytes}
 
 

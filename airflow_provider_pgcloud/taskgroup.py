@@ -36,6 +36,7 @@ from .operators import (
     CHUNK_LABEL,
     DEFAULT_ASSET_ALIAS,
     STATE_KEY,
+    ApplyRetentionOperator,
     EndStreamedBackupOperator,
     PgCloudBackupOperator,
     StartBackupOperator,
@@ -68,6 +69,8 @@ def pg_cloud_backup_group(
     asset_alias: str | None = DEFAULT_ASSET_ALIAS,
     verify: bool = False,
     source: str = "local",
+    retention_policy: str | None = None,
+    minimum_redundancy: int | str = 0,
     **backup_options: Any,
 ) -> TaskGroup:
     """Add a backup of the `postgres_conn_id` cluster to `destination_url` to the current DAG.
@@ -82,6 +85,10 @@ def pg_cloud_backup_group(
     in `snapshot_options`, see TakeDiskSnapshotsOperator) it is a disk snapshot backup: no
     archive objects, the disks snapshotted between start and stop, as barman-cloud-backup does.
     With `verify`, a last task checks the stored archives against the backup's manifest.
+    With `retention_policy` (`REDUNDANCY n` or `RECOVERY WINDOW OF n DAYS|WEEKS|MONTHS`,
+    templated; an empty rendered value skips the task), a task after a DONE backup (and after
+    verify) deletes the backups the policy makes obsolete and the WAL none needs; it never runs
+    after a failed backup.
 
     `source="streaming"` has the server send its files over the replication protocol: one
     task takes the whole backup (one connection carries the cluster) and needs no access to
@@ -91,11 +98,13 @@ def pg_cloud_backup_group(
     are for local files only.
     """
     check_source(source)
+    retention = {"retention_policy": retention_policy, "minimum_redundancy": minimum_redundancy}
     if source == "streaming":
         return _streamed_backup_group(
             destination_url, server_name, group_id=group_id, postgres_conn_id=postgres_conn_id,
             aws_conn_id=aws_conn_id, wasb_conn_id=wasb_conn_id, gcp_conn_id=gcp_conn_id,
-            queue=queue, asset_alias=asset_alias, verify=verify, **backup_options,
+            queue=queue, asset_alias=asset_alias, verify=verify, retention=retention,
+            **backup_options,
         )
     placement: dict[str, Any] = {"queue": queue} if queue else {}
     connections: dict[str, Any] = {
@@ -134,16 +143,20 @@ def pg_cloud_backup_group(
             start >> upload >> snapshots >> teardown
         else:
             start >> upload >> teardown
+        last: Any = stop
         if verify and not snapshot_instance:
-            stop >> _verify_task(destination_url, server_name, stop.task_id, backup_options,
-                                 **connections, **placement)
+            last = stop >> _verify_task(destination_url, server_name, stop.task_id,
+                                        backup_options, **connections, **placement)
+        if retention_policy:
+            last >> _retention_task(destination_url, server_name, backup_options, retention,
+                                    **connections, **placement)
     return group
 
 
 def _streamed_backup_group(
     destination_url: str, server_name: str, *, group_id: str, postgres_conn_id: str,
     aws_conn_id: str | None, wasb_conn_id: str, gcp_conn_id: str, queue: str | None,
-    asset_alias: str | None, verify: bool, **backup_options: Any,
+    asset_alias: str | None, verify: bool, retention: dict[str, Any], **backup_options: Any,
 ) -> TaskGroup:
     placement: dict[str, Any] = {"queue": queue} if queue else {}
     connections: dict[str, Any] = {
@@ -158,11 +171,24 @@ def _streamed_backup_group(
         )
         end = EndStreamedBackupOperator(task_id="end_backup", backup_task_id=backup.task_id,
                                         **connections, **placement)
-        backup >> end
+        last: Any = backup >> end
         if verify:
-            end >> _verify_task(destination_url, server_name, backup.task_id, backup_options,
-                                **connections, **placement)
+            last = end >> _verify_task(destination_url, server_name, backup.task_id,
+                                       backup_options, **connections, **placement)
+        if retention["retention_policy"]:
+            last >> _retention_task(destination_url, server_name, backup_options, retention,
+                                    **connections, **placement)
     return group
+
+
+def _retention_task(destination_url: str, server_name: str, backup_options: dict[str, Any],
+                    retention: dict[str, Any], **kwargs: Any) -> ApplyRetentionOperator:
+    """Applies the retention policy; only after its upstream succeeded (the backup is DONE)."""
+    return ApplyRetentionOperator(
+        task_id="apply_retention", destination_url=destination_url, server_name=server_name,
+        cloud_provider=backup_options.get("cloud_provider", "aws-s3"),
+        endpoint_url=backup_options.get("endpoint_url"), **retention, **kwargs,
+    )
 
 
 def _verify_task(destination_url: str, server_name: str, returned_by: str,

@@ -105,6 +105,14 @@ with DAG(
             title="Immediate checkpoint",
             description="Start with a fast checkpoint instead of waiting for a spread one.",
         ),
+        "retention_policy": Param(
+            None,
+            type=["null", "string"],
+            title="Retention policy",
+            description="After a DONE backup, delete the backups this policy makes obsolete "
+            "and the WAL none needs, as barman-cloud-backup-delete does: REDUNDANCY 7 or "
+            "RECOVERY WINDOW OF 4 WEEKS. Empty: delete nothing.",
+        ),
     },
 ) as dag:
     pg_cloud_backup_group(
@@ -117,6 +125,7 @@ with DAG(
         jobs="{{ params.jobs }}",
         max_archive_size="{{ params.max_archive_size }}",
         immediate_checkpoint="{{ params.immediate_checkpoint }}",
+        retention_policy="{{ params.retention_policy }}",
         queue=os.environ.get("PGCLOUD_QUEUE") or None,
         session_deadline=dt.timedelta(hours=23),
     )

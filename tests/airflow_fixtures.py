@@ -105,6 +105,11 @@ with DAG("pgcloud_test_verify_only", schedule=None, start_date=START,
 with DAG("pgcloud_test_streaming", schedule=None, start_date=START, params=PARAMS):
     pg_cloud_backup_group(**{{**COMMON, "compression": "zstd"}}, source="streaming", verify=True)
 
+with DAG("pgcloud_test_retention", schedule=None, start_date=START,
+         params={{**PARAMS, "retention_policy": Param("REDUNDANCY 1", type="string")}}):
+    pg_cloud_backup_group(**COMMON, upload_retries=0,
+                          retention_policy="{{{{ params.retention_policy }}}}")
+
 with DAG("pgcloud_test_single", schedule=None, start_date=START, params=PARAMS):
     PgCloudBackupOperator(
         task_id="backup", asset_alias="pgcloud_backups",

@@ -62,6 +62,7 @@ __all__ = ["airflow_connections", "airflow_home", "connections_in_env", "dagbag"
 GROUP = "pgcloud_backup"
 UPLOAD = f"{GROUP}.upload_chunk"
 STOP = f"{GROUP}.stop_backup_and_upload_label"
+RETENTION = f"{GROUP}.apply_retention"
 KEEPER_MODULE = "airflow_provider_pgcloud.runner.session"
 
 
@@ -245,7 +246,8 @@ def test_dag_backup_restores_with_barman(
     pg.execute("CREATE TABLE IF NOT EXISTS dag_marks (run text)", dbname="app")
     pg.execute("INSERT INTO dag_marks VALUES (%s)", (uuid.uuid4().hex,), dbname="app")
     conf = run_conf(bucket, compression="gzip", max_archive_size="8MB", immediate_checkpoint=True,
-                    backup_name="dag-nightly", tags=["team,db"])
+                    backup_name="dag-nightly", tags=["team,db"],
+                    retention_policy="REDUNDANCY 2")  # runs, deletes nothing
     started = time.monotonic()
     dag_run = run_dag(get_dag(bag, "pgcloud_backup"), conf)
     elapsed = time.monotonic() - started
@@ -277,6 +279,34 @@ def test_dag_backup_restores_with_barman(
     assert_database_released(pg)
     restore_and_check(f"s3://{bucket}/path", "pg", backup_id, pg)
     print(f"example DAG run took {elapsed:.1f}s")
+
+
+def test_retention_runs_only_after_a_done_backup(
+    bag: Any, conns: Connections, s3: S3Server, pg: PgCluster, bucket: str,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """REDUNDANCY 1 in the group: a failed backup deletes nothing; the next DONE one deletes
+    the older DONE backup (and leaves the FAILED one, as Barman does)."""
+    caplog.set_level(logging.INFO, logger="pgcloud")
+    dag, conf, url = get_dag(bag, "pgcloud_test_retention"), run_conf(bucket), f"s3://{bucket}/path"
+    assert str(run_dag(dag, conf).state) == "success"
+    [first] = statuses(s3, url)
+
+    real = steps.upload_chunk
+    faulty, _ = fail_once_for("data_0001", after_upload=False)
+    monkeypatch.setattr(steps, "upload_chunk", faulty)
+    failed = run_dag(dag, conf)
+    monkeypatch.setattr(steps, "upload_chunk", real)
+    assert str(failed.state) == "failed"
+    assert task_states(failed)[(RETENTION, None)] in ("upstream_failed", "skipped")
+    assert {b: v["status"] for b, v in statuses(s3, url).items()}[first] == "DONE"
+
+    done = run_dag(dag, conf)
+    assert str(done.state) == "success", caplog.text[-3000:]
+    left = {b: v["status"] for b, v in statuses(s3, url).items()}
+    assert first not in left
+    assert sorted(left.values()) == ["DONE", "FAILED"]
+    assert f"backup {first}: OBSOLETE" in caplog.text
 
 
 def test_fault_in_one_chunk_fails_backup_then_rerun_succeeds(

@@ -15,6 +15,7 @@ from .backup import (
 )
 from .base import DEFAULT_ASSET_ALIAS, STATE_KEY, backup_asset
 from .drill import DEFAULT_DRILL_ALIAS, RestoreDrillOperator, drill_asset
+from .retention import ApplyRetentionOperator
 from .single import EndStreamedBackupOperator, PgCloudBackupOperator
 from .verify import VerifyBackupOperator
 
@@ -23,6 +24,7 @@ __all__ = [
     "DEFAULT_ASSET_ALIAS",
     "DEFAULT_DRILL_ALIAS",
     "STATE_KEY",
+    "ApplyRetentionOperator",
     "EndStreamedBackupOperator",
     "PgCloudBackupOperator",
     "RestoreDrillOperator",

@@ -45,7 +45,7 @@ class Decompressor(Protocol):
 
     trailing: int
 
-    def feed(self, data: bytes, /) -> bytes: ...
+    def feed(self, data: bytes | memoryview, /) -> bytes: ...
 
     def finish(self) -> bytes:
         """The rest; raises ValueError if the stream was cut short."""
@@ -61,8 +61,8 @@ class _Identity:
     def flush(self) -> bytes:
         return b""
 
-    def feed(self, data: bytes, /) -> bytes:
-        return data
+    def feed(self, data: bytes | memoryview, /) -> bytes:
+        return data if isinstance(data, bytes) else bytes(data)
 
     def finish(self) -> bytes:
         return b""
@@ -77,7 +77,7 @@ class _Stream:
         self.trailing = 0
         self._ended = False
 
-    def feed(self, data: bytes, /) -> bytes:
+    def feed(self, data: bytes | memoryview, /) -> bytes:
         if self._ended:
             self.trailing += len(data)
             return b""

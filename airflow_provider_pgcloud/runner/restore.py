@@ -41,14 +41,13 @@ import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import (
     FIRST_COMPLETED,
-    Executor,
     Future,
     ProcessPoolExecutor,
     ThreadPoolExecutor,
     wait,
 )
 from dataclasses import asdict, dataclass
-from functools import cache, partial
+from functools import cache
 from typing import Any
 
 from . import backup_info as bi
@@ -244,11 +243,11 @@ def _plan(store: ObjectStore, prefix: str, info: dict[str, Any], destination: st
 # --- one archive object ----------------------------------------------------------------------
 
 def ranged_chunks(store: ObjectStore, key: str, size: int, cancelled: threading.Event | Any
-                  ) -> Iterator[bytes]:
+                  ) -> Iterator[memoryview]:
     """The object's bytes in order, fetched RANGES_AHEAD ranges at a time, in READ_SIZE
     pieces. A small object is one GET."""
     if size <= RANGE_SIZE:
-        data = store.get(key)
+        data = memoryview(store.get(key))
         for offset in range(0, len(data), READ_SIZE):
             yield data[offset:offset + READ_SIZE]
         return
@@ -268,9 +267,9 @@ def ranged_chunks(store: ObjectStore, key: str, size: int, cancelled: threading.
             while pending:
                 if cancelled is not None and cancelled.is_set():
                     raise RestoreFailed("cancelled: another archive failed")
-                data = pending.popleft().result()
+                data = memoryview(pending.popleft().result())
                 more()
-                for offset in range(0, len(data), READ_SIZE):
+                for offset in range(0, len(data), READ_SIZE):  # views: no copy
                     yield data[offset:offset + READ_SIZE]
         finally:
             for future in pending:
@@ -304,18 +303,19 @@ def _target(directory: str, name: str) -> str:
 class _Decompressed:
     """The decompressed chunks of a stored object, counting and checksumming what is stored."""
 
-    def __init__(self, chunks: Iterator[bytes], compression: str | None,
+    def __init__(self, chunks: Iterator[memoryview], compression: str | None,
                  checksum: Checksum | None) -> None:
         self._chunks, self._checksum = chunks, checksum
         self._decompressor = get_codec(compression).decompressor()
+        self._stored_as_is = compression is None
         self.stored_bytes = 0
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> Iterator[bytes | memoryview]:
         for chunk in self._chunks:
             self.stored_bytes += len(chunk)
             if self._checksum is not None:
                 self._checksum.update(chunk)
-            yield self._decompressor.feed(chunk)
+            yield chunk if self._stored_as_is else self._decompressor.feed(chunk)
         yield self._decompressor.finish()
 
     @property
@@ -522,40 +522,69 @@ def _restore(config: StoreConfig, store: ObjectStore, shared: ObjectStore | None
 
 def _run_jobs(config: StoreConfig, shared: ObjectStore | None, plan: list[_Job],
               jobs: int) -> _Counts:
+    """Restore every object, `jobs` at once (at most one per core), largest first.
+
+    This process restores objects too, in a thread, beside `jobs - 1` spawned worker processes:
+    it would otherwise only wait, and each process costs an interpreter with the SDK loaded
+    (start-up time, and ~70 MB of the memory budget). With one job nothing is spawned. A caller
+    that brings its own `store` gets threads only (the codecs release the GIL).
+    """
     workers = max(1, min(worker_processes(jobs), len(plan)))
-    pool: Executor
-    cancelled: Any
+    cancelled: Any = threading.Event()
+    local = ThreadPoolExecutor(max_workers=1 if shared is None else workers,
+                               thread_name_prefix="restore")
+    pool: ProcessPoolExecutor | None = None
+    store = shared
     if shared is None:
-        context = multiprocessing.get_context("spawn")
-        cancelled = context.Event()
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                                   initializer=_init_worker,
-                                   initargs=(logging.getLogger().level, cancelled))
-        payload = config.to_dict()
-        tasks = [(partial(_object_worker, payload, job.to_dict()), job.size) for job in plan]
-    else:
-        cancelled = threading.Event()
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore")
-        tasks = [(partial(restore_object, shared, job, cancelled), job.size) for job in plan]
+        store = open_store(config)
+        if workers > 1:
+            context = multiprocessing.get_context("spawn")
+            cancelled = context.Event()
+            pool = ProcessPoolExecutor(max_workers=workers - 1, mp_context=context,
+                                       initializer=_init_worker,
+                                       initargs=(logging.getLogger().level, cancelled))
+    assert store is not None
+    payload = config.to_dict()
+    queue = collections.deque(plan)  # largest first
     counts = _Counts()
     progress = Progress("restore", sum(job.size for job in plan), log)
-    with pool:
-        sizes = {pool.submit(task): size for task, size in tasks}  # largest first
-        pending = set(sizes)
-        try:
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    result = future.result()
-                    counts.files += result["files"]
-                    counts.bytes += result["bytes"]
-                    counts.stored += result["stored"]
-                    progress.advance(sizes[future])
-        except BaseException:
-            cancelled.set()
-            for future in pending:
-                future.cancel()
-            raise
+    running: dict[Future[dict[str, int]], tuple[_Job, bool]] = {}
+
+    def fill() -> None:
+        in_pool = sum(1 for _, remote in running.values() if remote)
+        while queue and pool is not None and in_pool < workers - 1:
+            job = queue.popleft()
+            running[pool.submit(_object_worker, payload, job.to_dict())] = (job, True)
+            in_pool += 1
+        local_slots = (1 if pool is not None or shared is None else workers)
+        while queue and sum(1 for _, remote in running.values() if not remote) < local_slots:
+            job = queue.popleft()
+            running[local.submit(restore_object, store, job, cancelled)] = (job, False)
+
+    try:
+        fill()
+        while running:
+            done, _ = wait(set(running), return_when=FIRST_COMPLETED)
+            for future in done:
+                job, _remote = running.pop(future)
+                result = future.result()
+                counts.files += result["files"]
+                counts.bytes += result["bytes"]
+                counts.stored += result["stored"]
+                progress.advance(job.size)
+            fill()
+    except BaseException:
+        cancelled.set()
+        queue.clear()
+        for future in running:
+            future.cancel()
+        raise
+    finally:
+        local.shutdown(wait=True)
+        if pool is not None:
+            pool.shutdown(wait=True)
+        if shared is None:
+            store.close()
     return counts
 
 

@@ -79,7 +79,7 @@ class TarReader:
     member, or it is skipped.
     """
 
-    def __init__(self, chunks: Iterator[bytes]) -> None:
+    def __init__(self, chunks: Iterator[bytes | memoryview]) -> None:
         self._chunks = chunks
         self._chunk = memoryview(b"")
         self._offset = 0

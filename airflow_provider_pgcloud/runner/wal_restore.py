@@ -68,7 +68,7 @@ class _Xz:
         self._d = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
         self.trailing = 0
 
-    def feed(self, data: bytes, /) -> bytes:
+    def feed(self, data: bytes | memoryview, /) -> bytes:
         if self._d.eof:
             self.trailing += len(data)
             return b""

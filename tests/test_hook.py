@@ -341,7 +341,7 @@ class MemoryStore:
     def check(self) -> None:
         pass
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes, *, lock: bool = False) -> None:
         if self.fail_on and key.endswith(self.fail_on):
             raise OSError(f"simulated failure writing {key}")
         with self._lock:
@@ -356,7 +356,7 @@ class MemoryStore:
             items = [(k, len(v)) for k, v in self.objects.items() if k.startswith(prefix)]
         yield from items
 
-    def start_multipart(self, key: str) -> Any:
+    def start_multipart(self, key: str, *, lock: bool = False) -> Any:
         raise AssertionError("small objects are written with one put")
 
     def close(self) -> None:

@@ -91,7 +91,8 @@ def test_every_store_option_but_credentials_is_an_operator_argument() -> None:
 
     given: dict[str, Any] = {"endpoint_url": "http://127.0.0.1:1", "read_timeout": "7",
              "encryption": "aws:kms", "sse_kms_key_id": "key", "tags": "team,db",
-             "encryption_scope": "scope", "kms_key_name": "kms", "cloud_provider": "aws-s3"}
+             "encryption_scope": "scope", "kms_key_name": "kms", "cloud_provider": "aws-s3",
+             "lock_days": "30", "lock_mode": "compliance"}
     expected = {spec.name for spec, option in store_options() if not option.credential}
     assert set(given) == expected, "a new store option: give it a value here"
     op = StartBackupOperator(task_id="start", destination_url="s3://b/p", server_name="pg",
@@ -102,3 +103,4 @@ def test_every_store_option_but_credentials_is_an_operator_argument() -> None:
         "http://127.0.0.1:1", 7, (("team", "db"),))
     assert (store.encryption, store.sse_kms_key_id, store.encryption_scope,
             store.kms_key_name) == ("aws:kms", "key", "scope", "kms")
+    assert (store.lock_days, store.lock_mode, store.compliance_lock) == (30, "compliance", True)

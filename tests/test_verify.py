@@ -133,7 +133,7 @@ class MemoryStore:
     def check(self) -> None:
         pass
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes, *, lock: bool = False) -> None:
         with self._lock:
             self.objects[key] = bytes(data)
 
@@ -153,7 +153,7 @@ class MemoryStore:
     def delete(self, key: str) -> None:
         del self.objects[key]
 
-    def start_multipart(self, key: str) -> Any:
+    def start_multipart(self, key: str, *, lock: bool = False) -> Any:
         raise AssertionError("small objects are written with one put")
 
     def close(self) -> None:

@@ -111,7 +111,7 @@ class BackupOptionsOperator(PgCloudBaseOperator):
     (default aws-s3), `read_timeout`, `tags` (KEY,VALUE strings, pairs or a mapping: S3 object
     tags, Azure blob index tags, GCS metadata); `endpoint_url`, `encryption` and
     `sse_kms_key_id` for aws-s3, `encryption_scope` for azure-blob-storage, `kms_key_name` for
-    google-cloud-storage.
+    google-cloud-storage; `lock_days` and `lock_mode` (immutable backups) for every store.
     """
 
     template_fields: Sequence[str] = (

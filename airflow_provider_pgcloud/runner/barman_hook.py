@@ -206,8 +206,8 @@ def upload_barman_backup(
             suffix = get_codec(state.compression).suffix
             seal_archives(store, prefix, [layout.archive_key(prefix, chunk.name, suffix)
                                           for chunk in state.chunks], options.server_name)
-            with open(backup.info_path, "rb") as handle:
-                store.put(layout.info_key(prefix), handle.read())
+            with open(backup.info_path, "rb") as handle:  # DONE: final, locked with --lock-days
+                store.put(layout.info_key(prefix), handle.read(), lock=True)
     finally:
         if upload_store is None:
             store.close()

@@ -23,6 +23,10 @@ for one server:
 * manifests (`<server>/pgcloud/<id>/`) of backups that no longer exist (deleted with
   barman-cloud-backup-delete, which does not know them) are deleted.
 
+Objects the store still locks (a run with `--lock-days` locks each archive and manifest as it
+writes it) are not deleted: such a dead backup, or orphan manifest, is left whole and logged
+with the date its lock ends, and removed by a run after that.
+
 DONE and FAILED backups are never changed. `--dry-run` prints what would be removed.
 Exit codes: 0 done (or nothing to do), 1 something could not be removed, 2 the store is
 unreachable, 3 bad input.
@@ -42,6 +46,7 @@ from . import backup_info as bi
 from . import layout
 from .errors import first_line
 from .storage import ObjectStore, Upload
+from .storage.locks import lock_reason
 
 log = logging.getLogger("pgcloud")
 
@@ -54,13 +59,15 @@ class CleanupReport:
     aborted_uploads: list[str] = field(default_factory=list)
     removed_manifests: list[str] = field(default_factory=list)
     kept_started: list[str] = field(default_factory=list)
+    kept_locked: list[str] = field(default_factory=list)  # backup IDs whose objects are locked
     errors: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         return (f"{len(self.removed_backups)} dead STARTED backups removed, "
                 f"{len(self.aborted_uploads)} uploads aborted, "
                 f"{len(self.removed_manifests)} orphan manifests removed, "
-                f"{len(self.kept_started)} STARTED backups kept (within the grace period)")
+                f"{len(self.kept_started)} STARTED backups kept (within the grace period)"
+                + (f", {len(self.kept_locked)} kept while locked" if self.kept_locked else ""))
 
 
 def _group(keys: Iterable[str], prefix: str) -> dict[str, list[str]]:
@@ -93,6 +100,20 @@ def _delete_all(store: ObjectStore, keys: Iterable[str], dry_run: bool) -> None:
         log.debug("%s %s", "would delete" if dry_run else "deleting", key)
         if not dry_run:
             store.delete(key)
+
+
+def _locked(store: ObjectStore, keys: Sequence[str], now: dt.datetime, report: CleanupReport,
+            what: str, backup_id: str) -> bool:
+    """True, logged and reported, if the store still locks any of `keys`."""
+    try:
+        reason = lock_reason(store.object_locks(keys), now)
+    except Exception as exc:
+        report.errors.append(f"cannot read the locks of the {what}: {first_line(exc)}")
+        return True
+    if reason:
+        log.info("%s left alone: %s", what, reason)
+        report.kept_locked.append(backup_id)
+    return reason is not None
 
 
 def _list_uploads(store: ObjectStore, prefix: str) -> list[Upload]:
@@ -150,6 +171,10 @@ def clean_server(
             log.warning("backup %s is STARTED but has annotations; left alone", backup_id)
             continue
         dead.add(backup_id)
+        if _locked(store, [*keys, *manifest_groups.get(backup_id, ())], now, report,
+                   f"dead backup {backup_id}", backup_id):
+            manifest_groups.pop(backup_id, None)
+            continue
         log.info("%s dead backup %s (STARTED at %s)", "would remove" if dry_run else "removing",
                  backup_id, begin_time(info, backup_id).isoformat(timespec="seconds"))
         try:
@@ -162,6 +187,9 @@ def clean_server(
 
     for backup_id, keys in sorted(manifest_groups.items()):
         if backup_id in base_groups or backup_id in keep:
+            continue
+        if _locked(store, keys, now, report, f"orphan manifest of deleted backup {backup_id}",
+                   backup_id):
             continue
         log.info("%s orphan manifest of deleted backup %s",
                  "would remove" if dry_run else "removing", backup_id)

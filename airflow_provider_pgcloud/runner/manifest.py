@@ -15,7 +15,8 @@ A sibling prefix, not `base/<id>/`: barman-cloud-backup-list reads only `base/`,
 the archives and backup.info it recognises, and barman-cloud-backup-delete deletes only those,
 so nothing of Barman's sees these objects; an object inside `base/<id>/` would be left behind
 by barman-cloud-backup-delete as a directory without backup.info. Manifests whose backup was
-deleted are removed by `cleanup.py`.
+deleted are removed by `cleanup.py`. Both are written once, under the store's retention lock
+when the backup has one (`--lock-days`), as the archives are.
 
 Archive manifest (JSON):
   {"format": "pgcloud-archive-manifest", "version": 1, "backup_id": ..., "archive": "data.tar.gz",
@@ -185,7 +186,7 @@ def store_archive_manifest(
         "members": tar.entries,
     }
     manifest_key = archive_manifest_key(backup_prefix, archive)
-    store.put(manifest_key, json.dumps(document, separators=(",", ":")).encode())
+    store.put(manifest_key, json.dumps(document, separators=(",", ":")).encode(), lock=True)
     return manifest_key
 
 
@@ -242,7 +243,7 @@ def write_index(store: ObjectStore, backup_prefix: str, archive_keys: list[str],
     if checksum_failures:
         document["checksum_failures"] = checksum_failures
     key = index_key(backup_prefix)
-    store.put(key, json.dumps(document, indent=1).encode())
+    store.put(key, json.dumps(document, indent=1).encode(), lock=True)
     return key
 
 

@@ -35,6 +35,16 @@ runner/cleanup.py, 24 hours by default) may belong to a run still going: it is n
 not even with `-b`, and the WAL from its begin_wal on stays. A snapshot backup is not deleted
 (its disk snapshots would be left behind): use barman-cloud-backup-delete for those.
 
+**Locked backups** (`pgcloud-backup --lock-days`, or a bucket's own retention rules). Before a
+backup is deleted, the store is asked for the locks on every object that would go (its
+archives, manifests and backup.info): if any is still locked, or held, nothing of it is
+deleted. A policy keeps it, with the reason `locked until <date>` in its log line and the
+report, and goes on with the next obsolete backup; `-b` refuses (exit 1). Deleting a backup's
+archives and then failing at a locked one would leave a backup that no restore can use; and
+on S3, whose deletes in an Object Lock bucket only add delete markers, it would hide a backup
+that still exists and is billed until its date. The kept backup stays in the catalog, so the
+WAL rules above keep the WAL it needs; WAL itself is not locked by this project.
+
 Every decision is logged at INFO and returned in a DeleteReport; `--dry-run` decides the same
 and deletes nothing. Deletes go in the store's bulk requests (ObjectStore.delete_many).
 """
@@ -53,9 +63,10 @@ from . import backup_info as bi
 from . import layout
 from .catalog import Catalog, CatalogEntry, parse_backup_id, read_catalog
 from .cleanup import DEFAULT_GRACE_SECONDS, begin_time
-from .errors import BackupFailed, InputError, PgCloudError
+from .errors import BackupFailed, InputError, PgCloudError, first_line
 from .keep import TARGET_STANDALONE
 from .storage import ObjectStore
+from .storage.locks import lock_reason
 
 log = logging.getLogger("pgcloud")
 
@@ -465,14 +476,30 @@ class _Deleter:
             self.report.errors.append(f"... and {len(errors) - 20} more objects not deleted")
         return not errors
 
+    def _objects(self, entry: CatalogEntry) -> tuple[list[str], list[str], str]:
+        """What deleting a backup deletes: its archives, its manifests, its backup.info."""
+        return (archive_keys(self.catalog, entry), self.manifests.get(entry.backup_id, []),
+                layout.info_key(self.catalog.prefix(entry.backup_id)))
+
+    def lock(self, entry: CatalogEntry) -> str | None:
+        """Why the backup cannot be deleted yet because the store locks some of its objects
+        (`locked until ...`), or None. Locks that cannot be read keep the backup too, with
+        an error in the report."""
+        archives, manifests, info_key = self._objects(entry)
+        try:
+            locks = self.store.object_locks([*archives, *manifests, info_key])
+        except Exception as exc:
+            why = f"its locks could not be read ({first_line(exc)})"
+            self.report.errors.append(f"backup {entry.backup_id} not deleted: {why}")
+            return why
+        return lock_reason(locks, self.now)
+
     def delete_backup(self, entry: CatalogEntry, *, single: bool) -> bool:
         """Delete one backup and then the WAL only it needed; False if the backup could not be
         deleted (nothing more should be deleted then)."""
         backup_id = entry.backup_id
         verb = "would delete" if self.dry_run else "deleting"
-        archives = archive_keys(self.catalog, entry)
-        manifests = self.manifests.get(backup_id, [])
-        info_key = layout.info_key(self.catalog.prefix(backup_id))
+        archives, manifests, info_key = self._objects(entry)
         left = sorted(set(entry.keys) - set(archives) - {info_key})
         log.info("%s backup %s of server %s: %d archives, %d manifest objects, backup.info",
                  verb, backup_id, self.catalog.server_name, len(archives), len(manifests))
@@ -536,8 +563,9 @@ def apply_retention(store: ObjectStore, server_name: str, policy: RetentionPolic
                     grace_seconds: float = DEFAULT_GRACE_SECONDS,
                     now: dt.datetime | None = None) -> DeleteReport:
     """Delete every backup `policy` makes obsolete, oldest first, each with the WAL no
-    remaining backup needs (the module doc). Stops at the first backup that cannot be deleted;
-    the report lists what happened. BackupFailed when part of the catalog cannot be read."""
+    remaining backup needs (the module doc). One the store still locks is kept; stops at the
+    first backup that cannot be deleted; the report lists what happened. BackupFailed when
+    part of the catalog cannot be read."""
     if isinstance(policy, str):
         policy = parse_policy(policy)
     if minimum_redundancy < 0:
@@ -561,6 +589,11 @@ def apply_retention(store: ObjectStore, server_name: str, policy: RetentionPolic
         report.kept[backup_id] = why
         (log.warning if refusal else log.info)("backup %s kept: %s", backup_id, why)
     for entry in obsolete:
+        locked = deleter.lock(entry)
+        if locked:  # nothing of it goes; the WAL rules see it as a backup that stays
+            report.kept[entry.backup_id] = locked
+            log.info("backup %s kept: %s", entry.backup_id, locked)
+            continue
         if not deleter.delete_backup(entry, single=False):
             for later in obsolete[obsolete.index(entry):]:
                 report.kept[later.backup_id] = "not deleted: an earlier delete failed"
@@ -577,9 +610,9 @@ def delete_backup(store: ObjectStore, server_name: str, backup_id: str, *,
     it) with the WAL no remaining backup needs.
 
     BackupFailed (exit 1) when it has a keep annotation, when `minimum_redundancy` backups that
-    are not STARTED would not remain, when it is STARTED within the grace period or a snapshot
-    backup; PgCloudError (exit 4) when a name matches no backup or several. An ID that is not
-    in the catalog is only a warning."""
+    are not STARTED would not remain, when it is STARTED within the grace period, a snapshot
+    backup, or locked in the store; PgCloudError (exit 4) when a name matches no backup or
+    several. An ID that is not in the catalog is only a warning."""
     report = DeleteReport(server_name, dry_run=dry_run)
     deleter = _open(store, server_name, report, batch_size, grace_seconds, now)
     catalog = deleter.catalog
@@ -603,7 +636,7 @@ def delete_backup(store: ObjectStore, server_name: str, backup_id: str, *,
     if deleter.is_young_started(entry):
         raise BackupFailed(f"backup {backup_id} is STARTED and began within the grace period: "
                            "a run may still be writing it")
-    refusal = _refuse_snapshot(entry)
+    refusal = _refuse_snapshot(entry) or deleter.lock(entry)
     if refusal:
         raise BackupFailed(f"backup {backup_id} not deleted: {refusal}")
     report.verdicts[backup_id] = Verdict(entry.status, "asked for by ID")

@@ -20,6 +20,7 @@ from typing import Any
 
 from . import backup_info as bi
 from . import layout
+from .errors import InputError
 from .phases import Phases, record_failure
 from .postgres import ClusterInfo
 from .session import BackupSession, LocalSession
@@ -68,6 +69,15 @@ def check_snapshot_preconditions(
     return volumes
 
 
+def refuse_lock(options: BackupOptions) -> None:
+    """InputError (exit 3) for `--lock-days`: it locks objects in the store, and a snapshot
+    backup's data is in disk snapshots, which would stay deletable."""
+    if options.store.lock_days:
+        raise InputError("--lock-days locks the objects of a backup in the store, and a "
+                         "snapshot backup's data is in disk snapshots, which it cannot lock: "
+                         "lock them with the cloud's own snapshot lock instead")
+
+
 def start_snapshot_backup(
     options: BackupOptions, config: SnapshotConfig, session: BackupSession, store: ObjectStore,
     *, provider: SnapshotProvider | None = None, mounts: MountTable | None = None,
@@ -77,6 +87,7 @@ def start_snapshot_backup(
     Nothing is started or written if a check fails. On a failure after pg_backup_start the
     caller runs `steps.fail_backup`.
     """
+    refuse_lock(options)
     check_provider_options(config)
     cluster = session.cluster_info()
     provider = provider or open_provider(config)
@@ -169,6 +180,7 @@ def run_snapshot_backup(
     """Take one complete snapshot backup; return its ID. Raises a PgCloudError on failure:
     exit 4 for options or preconditions (nothing written), 1 once the backup had started
     (backup.info FAILED, with snapshots_info if snapshots were taken)."""
+    refuse_lock(options)
     check_provider_options(config)
     session = session or LocalSession(options.conninfo)
     store = store or open_store(options.store)

@@ -214,7 +214,7 @@ def start_backup(options: BackupOptions, session: BackupSession, store: ObjectSt
         min_chunk_size=options.min_chunk_size, backup_name=options.backup_name,
         jobs=options.jobs, info=info, roots=roots, chunks=[],
     )
-    store.put(layout.info_key(prefix), bi.encode(info))
+    store.put(layout.info_key(prefix), bi.encode(info))  # STARTED: rewritten later, never locked
     try:
         state.chunks = plan_chunks(
             roots, options.jobs, options.max_archive_size, options.min_archive_size,
@@ -240,11 +240,12 @@ def store_archive(
     throttle: Callable[[int], None] | None = None, cancelled: Any = None,
 ) -> tuple[int, int]:
     """Write one archive object: `fill` adds its members to a tar compressed as one stream,
-    uploaded in parts as it grows; then its manifest. A failure aborts the upload, so no
-    partial object is ever stored. `cancelled` is checked as compressed data leaves. Returns
-    the tar's size and the stored object's."""
+    uploaded in parts as it grows; then its manifest, both under the store's retention lock
+    when it has one (`--lock-days`). A failure aborts the upload, so no partial object is ever
+    stored. `cancelled` is checked as compressed data leaves. Returns the tar's size and the
+    stored object's."""
     writer = PartWriter(store, key, part_size_for(planned_bytes, state.min_chunk_size, store),
-                        max_in_flight=max_in_flight, throttle=throttle)
+                        max_in_flight=max_in_flight, throttle=throttle, lock=True)
 
     def sink(data: bytes) -> None:
         if is_cancelled(cancelled):  # also mid-file: a 1 GiB file must not delay a failure
@@ -361,7 +362,10 @@ def stop_backup(state: BackupState, session: BackupSession, store: ObjectStore) 
     """Stop the backup, store pg_control and backup_label last, then write backup.info DONE.
 
     DONE is written only after every expected object is confirmed in the store, so a backup
-    with a missing piece can never be listed as complete.
+    with a missing piece can never be listed as complete. With `--lock-days`, DONE is the
+    one backup.info written under the lock: the STARTED one before it must be replaceable
+    (GCS refuses to overwrite a retained object; S3 and Azure would keep the STARTED version
+    locked for nothing), and DONE is never written again.
     """
     state.source.check_cluster(state.info.get("systemid"))
     pgdata = state.source.root(DATA).path
@@ -386,7 +390,7 @@ def stop_backup(state: BackupState, session: BackupSession, store: ObjectStore) 
         "total_time": round(elapsed, 6), "number_of_workers": state.jobs,
         "analysis_time": 0, "copy_time": round(elapsed, 6),
     })
-    store.put(layout.info_key(state.prefix), bi.encode(info))
+    store.put(layout.info_key(state.prefix), bi.encode(info), lock=True)  # final: locked
     log.info("backup %s DONE: %s planned, stop at %s, %.1fs in all",
              state.backup_id, format_size(state.planned_bytes), point.lsn, elapsed)
     return info
@@ -402,5 +406,7 @@ def fail_backup(state: BackupState, store: ObjectStore, reason: str,
             log.warning("could not abort the database backup session: %s", exc)
     reason = first_line(reason)
     info = dict(state.info, status=bi.FAILED, error=reason, backup_name=state.backup_name)
+    # not locked: a failed backup is no backup to protect, and -b must be able to delete it
+    # once its archives' locks expire
     store.put(layout.info_key(state.prefix), bi.encode(info))
     log.error("backup %s FAILED: %s", state.backup_id, reason)

@@ -63,8 +63,12 @@ class PartWriter:
         max_in_flight: int = 2,
         throttle: Callable[[int], None] | None = None,
         retry: RetryPolicy = PART_RETRY,
+        lock: bool = False,
     ) -> None:
+        """`lock`: the object is final, so the store writes it under its retention lock when
+        it has one (`--lock-days`)."""
         self.key = key
+        self._lock_object = lock
         self.bytes_written = 0
         self._store, self._part_size = store, part_size
         # the part being filled, and full-size buffers back from finished uploads: parts are
@@ -100,7 +104,7 @@ class PartWriter:
     def _send(self, part: bytearray) -> None:
         self._raise_pending()
         if self._upload is None:
-            self._upload = self._store.start_multipart(self.key)
+            self._upload = self._store.start_multipart(self.key, lock=self._lock_object)
             self._pool = ThreadPoolExecutor(max_workers=self._in_flight, thread_name_prefix="part")
         if self._next_part > self._store.max_parts:
             raise BackupFailed(f"{self.key} needs more than {self._store.max_parts} parts")
@@ -151,7 +155,7 @@ class PartWriter:
             if self._upload is None:
                 if self._throttle:
                     self._throttle(len(tail))
-                self._store.put(self.key, bytes(tail))
+                self._store.put(self.key, bytes(tail), lock=self._lock_object)
             else:
                 if tail:
                     self._send(tail)

@@ -165,4 +165,6 @@ def store_config(destination_url: Any, values: Mapping[str, Any]) -> StoreConfig
             config[spec.name] = number
         else:
             config[spec.name] = text
+    if config.get("lock_mode") and not config.get("lock_days"):
+        raise ValueError("lock_mode is the mode of lock_days: give both")
     return StoreConfig(destination_url=str(destination_url).strip(), **config)

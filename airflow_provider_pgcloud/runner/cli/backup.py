@@ -124,6 +124,8 @@ def check_option_rules(args: argparse.Namespace) -> None:
     if args.sse_kms_key_id and args.encryption != "aws:kms":
         raise PgCloudError('Encryption type must be "aws:kms" if SSE KMS Key ID is specified')
     check_tags(args.tags)
+    if args.lock_mode and not args.lock_days:  # ours, not Barman's: bad input, exit 3
+        raise InputError("--lock-mode is the mode of --lock-days: give both")
 
 
 def _codec(args: argparse.Namespace) -> None:

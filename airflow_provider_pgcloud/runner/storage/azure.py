@@ -18,6 +18,12 @@ Credentials, first found wins (Barman's order):
   4. `AZURE_STORAGE_KEY` (the shared key of the URL's account);
   5. azure-identity's DefaultAzureCredential.
 The SDK is imported when this module is, and this module only when the provider is chosen.
+
+Immutability (`--lock-days`): a blob written with `lock` carries a blob-level immutability
+policy (Unlocked or Locked, with its expiry) in the request that creates it (Put Blob, or Put
+Block List for a blob written in blocks), so its version is protected from the moment it
+exists. That takes a container with version-level immutability support (which needs blob
+versioning on the account); `check()` reads the container's properties to refuse one without.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from ..errors import (
 )
 from .base import Capabilities, StoreConfig, Upload
 from .deletes import BatchDeleter, BulkDeleteRefused
+from .locks import ObjectLock, aware, read_locks
 
 try:
     from azure.core.credentials import AzureNamedKeyCredential
@@ -54,9 +61,11 @@ try:
     )
     from azure.storage.blob import (
         BlobBlock,
+        BlobImmutabilityPolicyMode,
         BlobServiceClient,
         ContainerClient,
         ExponentialRetry,
+        ImmutabilityPolicy,
         LinearRetry,
         PartialBatchErrorException,
     )
@@ -184,10 +193,11 @@ class AzureBlockUpload:
     """One block blob written as staged blocks; `upload_part` is safe from several threads."""
 
     def __init__(self, container: ContainerClient, key: str, extra: dict[str, Any],
-                 tags: dict[str, str] | None) -> None:
+                 tags: dict[str, str] | None, locked: dict[str, Any] | None = None) -> None:
         self.key = key
         self._blob = container.get_blob_client(key)
         self._extra, self._tags = extra, tags
+        self._locked = locked or {}  # the immutability policy, set by the commit
         self._staged: set[int] = set()
         self._lock = threading.Lock()
 
@@ -205,7 +215,7 @@ class AzureBlockUpload:
             # committing a list with a hole would silently store a truncated archive
             raise BackupFailed(f"{self.key}: blocks missing before commit")
         self._blob.commit_block_list([BlobBlock(block_id(n)) for n in numbers], tags=self._tags,
-                                     **self._extra)
+                                     **self._extra, **self._locked)
 
     def abort(self) -> None:
         """Drop the staged blocks when no blob was ever committed under this key.
@@ -264,6 +274,8 @@ class AzureStore:
             pages = container.list_blobs(name_starts_with=self.base_path or None,
                                          results_per_page=1).by_page()
             next(pages, None)
+            if self._config.lock_days:
+                self._check_immutability(container)
         except ResourceNotFoundError as exc:
             code = getattr(exc, "error_code", None) or "not found"
             raise BucketMissing(f"Container {self.bucket} does not exist ({code})") from None
@@ -282,9 +294,34 @@ class AzureStore:
             if container is not self._container:
                 container.close()
 
-    def put(self, key: str, data: bytes) -> None:
+    def _check_immutability(self, container: ContainerClient) -> None:
+        """BackupFailed unless the container has version-level immutability support."""
+        try:
+            properties = container.get_container_properties()
+        except HttpResponseError as exc:  # unreachable endpoints raise to check()
+            raise BackupFailed(
+                f"cannot read the properties of container {self.bucket} to check its "
+                f"version-level immutability support ({first_line(exc)}): --lock-days needs "
+                "read access to the container's properties") from None
+        if not getattr(properties, "immutable_storage_with_versioning_enabled", False):
+            raise BackupFailed(
+                f"container {self.bucket} does not have version-level immutability support: "
+                "--lock-days needs it enabled on the container (or on the storage account "
+                "when the container is created), with blob versioning on")
+
+    def _lock_arguments(self, lock: bool) -> dict[str, Any]:
+        """The immutability policy of a write (nothing unless `lock` on a locking store)."""
+        until = self._config.retain_until() if lock else None
+        if until is None:
+            return {}
+        mode = (BlobImmutabilityPolicyMode.Locked if self._config.compliance_lock
+                else BlobImmutabilityPolicyMode.Unlocked)
+        return {"immutability_policy": ImmutabilityPolicy(expiry_time=until, policy_mode=mode)}
+
+    def put(self, key: str, data: bytes, *, lock: bool = False) -> None:
         self._container.upload_blob(key, data, length=len(data), overwrite=True,
-                                    tags=self._tags, **self._extra)
+                                    tags=self._tags, **self._extra,
+                                    **self._lock_arguments(lock))
 
     def get(self, key: str) -> bytes:
         return self._container.download_blob(key).readall()
@@ -297,14 +334,33 @@ class AzureStore:
         for blob in self._container.list_blobs(name_starts_with=prefix):
             yield blob.name, int(blob.size)
 
-    def start_multipart(self, key: str) -> AzureBlockUpload:
-        return AzureBlockUpload(self._container, key, self._extra, self._tags)
+    def start_multipart(self, key: str, *, lock: bool = False) -> AzureBlockUpload:
+        return AzureBlockUpload(self._container, key, self._extra, self._tags,
+                                self._lock_arguments(lock))
 
     def iter_object(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         yield from self._container.download_blob(key).chunks()
 
     def delete(self, key: str) -> None:
         self._container.delete_blob(key)
+
+    def object_locks(self, keys: Iterable[str]) -> dict[str, ObjectLock]:
+        """The immutability policy and legal hold of each blob's current version."""
+        return read_locks(keys, self._object_lock)
+
+    def _object_lock(self, key: str) -> ObjectLock | None:
+        try:
+            properties = self._container.get_blob_client(key).get_blob_properties()
+        except ResourceNotFoundError:
+            return None
+        policy = properties.immutability_policy
+        until = policy.expiry_time if policy is not None else None
+        hold = bool(properties.has_legal_hold)
+        if until is None and not hold:
+            return None
+        mode = getattr(policy, "policy_mode", None)
+        mode = str(getattr(mode, "value", mode)) if mode else None  # an enum or its text
+        return ObjectLock(aware(until) if until else None, mode, hold)
 
     def delete_many(self, keys: Iterable[str], batch_size: int | None = None) -> dict[str, str]:
         return self._deleter.delete(keys, batch_size)

@@ -8,6 +8,12 @@ What a backend can or cannot do is declared in its `capabilities`, never guessed
 carries its command-line spelling and help (`option`), which the command line
 (runner/cli/common.py) and the Airflow operators (operators/base.py) read. Adding a store option
 is adding a field here and using it in the backend.
+
+Retention locks (`--lock-days`, `--lock-mode`): a store opened with `lock_days` writes every
+object that a caller marks final (`put(..., lock=True)`, `start_multipart(..., lock=True)`)
+under the store's own write-once lock, in the same request that creates it: S3 Object Lock,
+an Azure version-level immutability policy, GCS object retention. `check()` refuses a bucket
+that cannot hold such locks, and `object_locks` reads them back for the deletes (locks.py).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol
 
+from .locks import LOCK_MODES, ObjectLock
 from .registry import PROVIDERS
 
 OptionKind = Literal["text", "positive", "tags"]
@@ -100,6 +107,33 @@ class StoreConfig:
         None, "--kms-key-name", group="google-cloud-storage", writes=True,
         help="the name of the GCP KMS key used to encrypt the data in GCS",
     )
+    lock_days: int | None = option(
+        None, "--lock-days", group="backup", kind="positive", writes=True,
+        help="store every object of the backup under a retention lock for this many days "
+        "(S3 Object Lock, Azure version-level immutability policies, GCS object retention): "
+        "until then nobody can delete or overwrite it, and pgcloud-backup-delete keeps the "
+        "backup; the bucket or container must have the feature enabled",
+    )
+    lock_mode: str | None = option(
+        None, "--lock-mode", group="backup", choices=LOCK_MODES, writes=True,
+        help="with --lock-days: governance (S3 GOVERNANCE, Azure and GCS Unlocked: a user "
+        "with the permission to bypass or change it can still remove the lock) or "
+        "compliance (S3 COMPLIANCE, Azure and GCS Locked: nobody can shorten or remove it, "
+        "not even the account's owner) (default: governance)",
+    )
+
+    def retain_until(self, now: dt.datetime | None = None) -> dt.datetime | None:
+        """Until when an object written `now` is locked (`lock_days` on, rounded up to the
+        second, as the stores keep it); None when this store locks nothing."""
+        if not self.lock_days:
+            return None
+        until = (now or dt.datetime.now(dt.UTC)) + dt.timedelta(days=self.lock_days)
+        return until.replace(microsecond=0) + dt.timedelta(seconds=1 if until.microsecond else 0)
+
+    @property
+    def compliance_lock(self) -> bool:
+        """The lock may not be shortened or removed by anyone (`--lock-mode compliance`)."""
+        return self.lock_mode == "compliance"
 
     def to_dict(self) -> dict[str, object]:
         values = dataclasses.asdict(self)
@@ -168,10 +202,14 @@ class ObjectStore(Protocol):
 
     def check(self) -> None:
         """Raise CloudConnectionError if the endpoint is unreachable, BucketMissing if the bucket
-        does not exist."""
+        does not exist; with `lock_days`, BackupFailed if the bucket cannot lock objects."""
         ...
 
-    def put(self, key: str, data: bytes) -> None: ...
+    def put(self, key: str, data: bytes, *, lock: bool = False) -> None:
+        """Store `data` at `key`. `lock`: the object is final, so it is written under the
+        store's retention lock when it has one (`lock_days`); without `lock`, never locked
+        (an object that will be written again, such as a STARTED backup.info)."""
+        ...
 
     def get(self, key: str) -> bytes: ...
 
@@ -204,7 +242,16 @@ class ObjectStore(Protocol):
         100 GCS)."""
         ...
 
-    def start_multipart(self, key: str) -> MultipartUpload: ...
+    def start_multipart(self, key: str, *, lock: bool = False) -> MultipartUpload:
+        """An object written in parts; `lock` as for `put` (the lock is set when the upload
+        starts, so it holds from the moment the object appears)."""
+        ...
+
+    def object_locks(self, keys: Iterable[str]) -> dict[str, ObjectLock]:
+        """The locks the store holds on `keys` (expired ones too; keys without any, or that
+        do not exist, are left out): retention dates, legal or temporary holds, and a bucket
+        retention policy where the store reports one per object."""
+        ...
 
     def list_uploads(self, prefix: str) -> Iterator[Upload]:
         """Uploads in progress under prefix; nothing where `capabilities.lists_uploads` is

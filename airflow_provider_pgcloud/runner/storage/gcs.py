@@ -26,6 +26,12 @@ Destination URLs are `gs://BUCKET[/PATH]` (or Barman's console form,
 `https://console.cloud.google.com/storage/browser/BUCKET[/PATH]`). Credentials are the client
 library's defaults (GOOGLE_APPLICATION_CREDENTIALS, gcloud, the metadata server); with
 STORAGE_EMULATOR_HOST set the client talks to that emulator anonymously.
+
+Object retention (`--lock-days`): an object written with `lock` carries its `retention` (mode
+Unlocked or Locked, retainUntilTime) in the metadata of the request that creates it (the
+resumable session, or the one-request upload), so it is protected from the moment it exists;
+that takes a bucket with object retention enabled, which `check()` reads (storage.buckets.get).
+GCS refuses to delete or overwrite such an object until the date, versioned or not.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from ..errors import (
 )
 from .base import Capabilities, StoreConfig, Upload
 from .deletes import BatchDeleter, BulkDeleteRefused
+from .locks import ObjectLock, aware, read_locks
 
 try:
     import google_crc32c
@@ -273,10 +280,17 @@ class GCSStore:
         self._deleter = BatchDeleter(f"the GCS endpoint of bucket {self.bucket}",
                                      MAX_DELETE_BATCH, self._delete_batch, self._delete_if_there)
 
-    def _blob(self, key: str) -> Blob:
+    def _blob(self, key: str, lock: bool = False) -> Blob:
+        """A blob to write: tags as metadata, the KMS key, and with `lock` on a locking store
+        the object's retention (sent with the metadata when the object is created)."""
         blob = self._bucket.blob(key, kms_key_name=self._config.kms_key_name)
         if self._metadata:
             blob.metadata = self._metadata
+        until = self._config.retain_until() if lock else None
+        if until is not None:
+            retention = blob.retention
+            retention.mode = "Locked" if self._config.compliance_lock else "Unlocked"
+            retention.retain_until_time = until
         return blob
 
     def check(self) -> None:
@@ -289,7 +303,7 @@ class GCSStore:
                     timeout=(5.0, float(self._config.read_timeout)), retry=None,
                 ).pages
                 next(pages, None)
-                return
+                break
             except api_exceptions.NotFound:
                 raise BucketMissing(f"Bucket {self.bucket} does not exist") from None
             except _UNREACHABLE as exc:
@@ -301,9 +315,30 @@ class GCSStore:
                 # Barman counts any service error here as a failed connection (exit 2)
                 raise CloudConnectionError(
                     f"Can't connect to cloud provider: {first_line(exc)}") from None
+        if self._config.lock_days:
+            self._check_object_retention()
 
-    def put(self, key: str, data: bytes) -> None:
-        self._blob(key).upload_from_string(
+    def _check_object_retention(self) -> None:
+        """BackupFailed unless the bucket has object retention enabled."""
+        try:
+            bucket = self._client.get_bucket(
+                self.bucket, timeout=(5.0, float(self._config.read_timeout)), retry=None)
+        except _UNREACHABLE as exc:
+            raise CloudConnectionError(
+                f"Can't connect to cloud provider: {first_line(exc)}") from None
+        except api_exceptions.GoogleAPIError as exc:
+            raise BackupFailed(
+                f"cannot read the settings of bucket {self.bucket} to check that it has "
+                f"object retention ({first_line(exc)}): --lock-days needs "
+                "storage.buckets.get") from None
+        if bucket.object_retention_mode != "Enabled":
+            raise BackupFailed(
+                f"bucket {self.bucket} does not have object retention enabled: --lock-days "
+                "needs a bucket created with it (--enable-per-object-retention), or one it "
+                "was enabled on later")
+
+    def put(self, key: str, data: bytes, *, lock: bool = False) -> None:
+        self._blob(key, lock).upload_from_string(
             data, content_type="application/octet-stream", timeout=self._timeout,
             retry=DEFAULT_RETRY,
         )
@@ -321,8 +356,8 @@ class GCSStore:
         for blob in self._client.list_blobs(self._bucket, prefix=prefix, timeout=self._timeout):
             yield blob.name, int(blob.size or 0)
 
-    def start_multipart(self, key: str) -> GCSResumableUpload:
-        return GCSResumableUpload(self._blob(key), key, self._timeout)
+    def start_multipart(self, key: str, *, lock: bool = False) -> GCSResumableUpload:
+        return GCSResumableUpload(self._blob(key, lock), key, self._timeout)
 
     def iter_object(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         with self._bucket.blob(key, chunk_size=chunk_size).open(
@@ -332,6 +367,25 @@ class GCSStore:
 
     def delete(self, key: str) -> None:
         self._bucket.blob(key).delete(timeout=self._timeout, retry=DEFAULT_RETRY)
+
+    def object_locks(self, keys: Iterable[str]) -> dict[str, ObjectLock]:
+        """Each object's retention, its bucket retention policy's expiry (`retention
+        expiration time`) and its temporary or event-based hold."""
+        return read_locks(keys, self._object_lock)
+
+    def _object_lock(self, key: str) -> ObjectLock | None:
+        blob = self._bucket.get_blob(key, timeout=self._timeout, retry=DEFAULT_RETRY)
+        if blob is None:
+            return None
+        retention = blob.retention
+        dates = [(aware(when), mode) for when, mode in (
+            (retention.retain_until_time, retention.mode),
+            (blob.retention_expiration_time, "bucket retention policy")) if when is not None]
+        hold = bool(blob.temporary_hold or blob.event_based_hold)
+        if not dates and not hold:
+            return None
+        until, mode = max(dates) if dates else (None, None)
+        return ObjectLock(until, mode, hold)
 
     def delete_many(self, keys: Iterable[str], batch_size: int | None = None) -> dict[str, str]:
         return self._deleter.delete(keys, batch_size)

@@ -14,11 +14,20 @@ since 2025.
 Some S3-compatible stores refuse these headers (`400 InvalidArgument: Unsupported header`).
 The first refusal is logged once and the store falls back to SigV4-signed payloads without
 checksums, as boto3 sends them with `request_checksum_calculation=when_required`.
+
+Object Lock (`--lock-days`): an object written with `lock` carries its mode and retain-until
+date in the request that creates it (PutObject, or CreateMultipartUpload, whose object is
+locked from the moment it is completed). S3 wants a checksum on such a request: the CRC32C
+with `x-amz-sdk-checksum-algorithm` naming it, or Content-MD5 once checksums are off. A bucket
+with Object Lock is versioned: a delete without a version ID only adds a delete marker, the
+locked version stays until its date, then until a lifecycle rule expires noncurrent versions.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
+import hashlib
 import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -33,6 +42,7 @@ from botocore.config import Config
 from ..errors import BackupFailed, BucketMissing, CloudConnectionError, InputError, PgCloudError
 from .base import Capabilities, StoreConfig, Upload
 from .deletes import BatchDeleter, BulkDeleteRefused
+from .locks import ObjectLock, aware, read_locks
 
 _UNREACHABLE = (
     botocore.exceptions.EndpointConnectionError,
@@ -72,6 +82,17 @@ def _refuses_bulk_delete(exc: botocore.exceptions.ClientError) -> bool:
             or "content-md5" in message.lower())
 
 
+def content_md5(data: bytes | bytearray) -> str:
+    """The value of `Content-MD5` for `data`: what a locked write carries without checksums."""
+    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
+
+
+def _error_code(exc: botocore.exceptions.ClientError) -> tuple[int | None, str, str]:
+    error = exc.response.get("Error", {})
+    return (exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode"),
+            str(error.get("Code", "")), str(error.get("Message") or ""))
+
+
 def parse_s3_url(url: str) -> tuple[str, str]:
     """`s3://bucket/some/path` -> (`bucket`, `some/path`)."""
     parsed = urlparse(url)
@@ -89,20 +110,22 @@ class S3MultipartUpload:
     """
 
     def __init__(self, client: Any, bucket: str, key: str, upload_id: str, part_client: Any,
-                 checksums: bool) -> None:
+                 checksums: bool, md5: bool = False) -> None:
         self.key = key
         self._client, self._bucket = client, bucket
         self._part_client = part_client
         self._upload_id = upload_id
         self._checksums = checksums
+        self._md5 = md5 and not checksums  # a locked upload without checksums: Content-MD5
         self._parts: dict[int, dict[str, Any]] = {}
         self._lock = threading.Lock()
 
     def upload_part(self, number: int, data: bytes | bytearray) -> None:
         checksum = {"ChecksumCRC32C": crc32c_header(data)} if self._checksums else {}
+        md5 = {"ContentMD5": content_md5(data)} if self._md5 else {}
         response = self._part_client.upload_part(
             Bucket=self._bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number,
-            Body=data, **checksum,
+            Body=data, **checksum, **md5,
         )
         with self._lock:
             self._parts[number] = {"PartNumber": number, "ETag": response["ETag"], **checksum}
@@ -188,6 +211,39 @@ class S3Store:
             if code in ("404", "NoSuchBucket", "NotFound"):
                 raise BucketMissing(f"Bucket {self.bucket} does not exist") from None
             raise PgCloudError(f"cannot access bucket {self.bucket}: {exc}") from None
+        if self._config.lock_days:
+            self._check_object_lock(client)
+
+    def _check_object_lock(self, client: Any) -> None:
+        """BackupFailed unless the bucket has Object Lock enabled (`--lock-days`)."""
+        try:
+            answer = client.get_object_lock_configuration(Bucket=self.bucket)
+        except _UNREACHABLE as exc:
+            raise CloudConnectionError(f"Can't connect to cloud provider: {exc}") from None
+        except botocore.exceptions.ClientError as exc:
+            status, code, message = _error_code(exc)
+            if code == "ObjectLockConfigurationNotFoundError":
+                answer = {}
+            elif status == 501 or code in ("NotImplemented", "MethodNotAllowed"):
+                raise BackupFailed(f"the S3 endpoint of bucket {self.bucket} does not "
+                                   f"implement Object Lock ({code}): --lock-days cannot be "
+                                   "used with it") from None
+            else:
+                raise BackupFailed(f"cannot read the Object Lock configuration of bucket "
+                                   f"{self.bucket} ({code}: {message}): --lock-days needs "
+                                   "s3:GetBucketObjectLockConfiguration") from None
+        if answer.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") != "Enabled":
+            raise BackupFailed(f"bucket {self.bucket} does not have S3 Object Lock enabled: "
+                               "--lock-days needs a bucket with Object Lock (enabled when it "
+                               "is created, or later, with versioning on)")
+
+    def _lock_arguments(self, lock: bool) -> dict[str, Any]:
+        """The Object Lock parameters of a write (nothing unless `lock` on a locking store)."""
+        until = self._config.retain_until() if lock else None
+        if until is None:
+            return {}
+        return {"ObjectLockMode": "COMPLIANCE" if self._config.compliance_lock else "GOVERNANCE",
+                "ObjectLockRetainUntilDate": until}
 
     def _new_part_client(self) -> Any:
         options = {**self._part_options, "s3": {"payload_signing_enabled": not self._checksums}}
@@ -196,10 +252,11 @@ class S3Store:
         )
 
     def _call_with_checksums(self, call: Any, checksum: dict[str, str],
+                             unchecked: dict[str, str] | None = None,
                              **kwargs: Any) -> tuple[Any, bool]:
         """`call(**kwargs, **checksum)` and True; on a store that refuses checksum headers,
-        switch this store to signed payloads without checksums, call again without them and
-        return False with the answer."""
+        switch this store to signed payloads without checksums, call again without them (with
+        `unchecked` instead) and return False with the answer."""
         if self._checksums:
             try:
                 return call(**kwargs, **checksum), True
@@ -207,7 +264,7 @@ class S3Store:
                 if not _refuses_checksums(exc):
                     raise
                 self._fall_back(exc)
-        return call(**kwargs), False
+        return call(**kwargs, **(unchecked or {})), False
 
     def _fall_back(self, exc: botocore.exceptions.ClientError) -> None:
         with self._fallback_lock:
@@ -220,10 +277,16 @@ class S3Store:
             self._checksums = False
             self._part_client = self._new_part_client()
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes, *, lock: bool = False) -> None:
+        locked = self._lock_arguments(lock)
+        checksum = {"ChecksumCRC32C": crc32c_header(data)}
+        unchecked: dict[str, str] = {}
+        if locked:  # S3 wants the algorithm named, or Content-MD5, on a locked write
+            checksum["ChecksumAlgorithm"] = "CRC32C"
+            unchecked["ContentMD5"] = content_md5(data)
         self._call_with_checksums(
-            self._client.put_object, {"ChecksumCRC32C": crc32c_header(data)},
-            Bucket=self.bucket, Key=key, Body=data, **self._extra,
+            self._client.put_object, checksum, unchecked,
+            Bucket=self.bucket, Key=key, Body=data, **self._extra, **locked,
         )
 
     def get(self, key: str) -> bytes:
@@ -241,13 +304,14 @@ class S3Store:
             for item in page.get("Contents", ()):
                 yield item["Key"], item["Size"]
 
-    def start_multipart(self, key: str) -> S3MultipartUpload:
+    def start_multipart(self, key: str, *, lock: bool = False) -> S3MultipartUpload:
+        locked = self._lock_arguments(lock)
         response, checksums = self._call_with_checksums(
             self._client.create_multipart_upload, {"ChecksumAlgorithm": "CRC32C"},
-            Bucket=self.bucket, Key=key, **self._extra,
+            Bucket=self.bucket, Key=key, **self._extra, **locked,
         )
         return S3MultipartUpload(self._client, self.bucket, key, response["UploadId"],
-                                 self._part_client, checksums)
+                                 self._part_client, checksums, md5=bool(locked))
 
     def iter_object(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
@@ -258,6 +322,25 @@ class S3Store:
 
     def delete(self, key: str) -> None:
         self._client.delete_object(Bucket=self.bucket, Key=key)
+
+    def object_locks(self, keys: Iterable[str]) -> dict[str, ObjectLock]:
+        """HeadObject's Object Lock fields of each key (they are there only for a caller
+        with s3:GetObjectRetention and s3:GetObjectLegalHold)."""
+        return read_locks(keys, self._object_lock)
+
+    def _object_lock(self, key: str) -> ObjectLock | None:
+        try:
+            head = self._client.head_object(Bucket=self.bucket, Key=key)
+        except botocore.exceptions.ClientError as exc:
+            status, code, _message = _error_code(exc)
+            if status == 404 or code in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        until: dt.datetime | None = head.get("ObjectLockRetainUntilDate")
+        hold = head.get("ObjectLockLegalHoldStatus") == "ON"
+        if until is None and not hold:
+            return None
+        return ObjectLock(aware(until) if until else None, head.get("ObjectLockMode"), hold)
 
     def delete_many(self, keys: Iterable[str], batch_size: int | None = None) -> dict[str, str]:
         return self._deleter.delete(keys, batch_size)

@@ -27,7 +27,7 @@ import stat
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from types import SimpleNamespace
 from typing import Any
@@ -44,7 +44,12 @@ from .plan import chunk_target
 from .postgres import StopPoint
 from .progress import Progress
 from .sizes import format_size
-from .sources.stream import BaseBackupStream, ChecksumFailure, StreamedTablespace
+from .sources.stream import (
+    ArchiveReader,
+    BaseBackupStream,
+    ChecksumFailure,
+    StreamedTablespace,
+)
 from .steps import (
     BackupOptions,
     BackupState,
@@ -75,25 +80,64 @@ def _archive_of(name: str) -> str:
 
 
 class _Members:
-    """A server archive's members in order, one held back when it did not fit an object."""
+    """A server archive's members in order, one held back when it did not fit an object.
 
-    def __init__(self, archive: str, reader: Any) -> None:
+    The server writes plain ustar (no pax or GNU extension headers: it refuses names that do
+    not fit), so each member is one 512-byte header, its data, and zeros to the next 512-byte
+    boundary; a zero block or the archive's end ends it. Parsed here rather than by tarfile's
+    stream mode, whose buffers copied every byte several times more: file data goes from the
+    server's messages to the tar writer with one copy (benchmarks/README.md, "Streaming
+    source").
+    """
+
+    def __init__(self, archive: str, reader: ArchiveReader) -> None:
         self.archive = archive
-        self._tar = tarfile.open(fileobj=reader, mode="r|", bufsize=1 << 20)  # noqa: SIM115
-        self._iter: Iterator[tarfile.TarInfo] = iter(self._tar)
+        self._reader = reader
         self._held: tarfile.TarInfo | None = None
+        self._skip = 0  # data and padding of the member last read, not consumed yet
+        self._ended = False
         self.backup_label: bytes | None = None
 
+    def _next(self) -> tarfile.TarInfo | None:
+        while self._skip:
+            piece = self._reader.read_some(self._skip)
+            if not piece:
+                raise BackupFailed(f"the server's {self.archive} archive ended inside a file")
+            self._skip -= len(piece)
+        header = self._reader.read(tarfile.BLOCKSIZE)
+        if not header or header.count(0) == tarfile.BLOCKSIZE:
+            return None
+        try:
+            member = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
+        except tarfile.HeaderError as exc:
+            raise BackupFailed(f"the server's {self.archive} archive is not a tar archive "
+                               f"this runner reads: {exc}") from None
+        if member.type not in _TYPE_BITS and not member.isfile():
+            raise BackupFailed(f"the server's {self.archive} archive holds a member of "
+                               f"unexpected type {member.type!r}: {member.name}")
+        self._skip = -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE \
+            if member.isfile() else 0
+        return member
+
     def peek(self) -> tarfile.TarInfo | None:
-        if self._held is None:
-            for member in self._iter:
-                name = member.name.removeprefix("./").rstrip("/")
-                if self.archive == DATA and member.issym() and name.startswith("pg_tblspc/"):
-                    continue  # Barman's restore links the tablespaces itself
-                member.name = name
-                self._held = member
+        while self._held is None and not self._ended:
+            member = self._next()
+            if member is None:
+                self._ended = True
                 break
+            name = member.name.removeprefix("./").rstrip("/")
+            if self.archive == DATA and member.issym() and name.startswith("pg_tblspc/"):
+                continue  # Barman's restore links the tablespaces itself
+            member.name = name
+            self._held = member
         return self._held
+
+    def _data(self, size: int) -> bytes:
+        """Up to `size` bytes of the current file's data, b"" only at the archive's end (bytes:
+        snappy takes no memoryview)."""
+        piece = self._reader.read_some(size)
+        self._skip -= len(piece)
+        return bytes(piece)
 
     def add_next(self, tar: ManifestTarWriter) -> None:
         member = self.peek()
@@ -105,13 +149,14 @@ class _Members:
         elif member.issym():
             tar.add_symlink_to(member.name, member.linkname, st)
         elif member.isfile():
-            data = self._tar.extractfile(member)
-            assert data is not None
             if self.archive == DATA and member.name == "backup_label":
-                self.backup_label = data.read()
+                self.backup_label = self._reader.read(member.size)
+                self._skip -= len(self.backup_label)
+                if len(self.backup_label) < member.size:
+                    raise BackupFailed("the server's backup_label was cut short")
                 tar.add_bytes(member.name, self.backup_label, mode=member.mode)
             else:
-                tar.add_stream(member.name, st, member.size, data.read)
+                tar.add_stream(member.name, st, member.size, self._data)
 
 
 def _fill(members: _Members, target: int, progress: Progress, tar: ManifestTarWriter) -> None:
@@ -218,7 +263,7 @@ def run_stream_backup(options: BackupOptions, *, password: str | None = None,
                              copy_stats={"total_time": round(elapsed, 6),
                                          "number_of_workers": 1, "analysis_time": 0,
                                          "copy_time": round(elapsed, 6)})
-            store.put(layout.info_key(prefix), bi.encode(done))
+            store.put(layout.info_key(prefix), bi.encode(done), lock=True)  # final: locked
             log.info("backup %s DONE: stop at %s, %.1fs in all", backup_id, lsn, elapsed)
         clean_after_backup(store, options.server_name, backup_id)
     finally:

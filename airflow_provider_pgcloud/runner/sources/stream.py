@@ -28,6 +28,7 @@ import logging
 import re
 import select
 import struct
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +37,6 @@ import psycopg
 from psycopg import pq
 from psycopg.pq.abc import PGresult
 
-from ..archive import take
 from ..errors import BackupFailed, first_line
 from ..postgres import APPLICATION_NAME, ClusterInfo, StartPoint, read_cluster_info
 
@@ -237,21 +237,21 @@ class BaseBackupStream:
 
 
 class ArchiveReader:
-    """A read()-able view of the archive being received (for tarfile's stream mode)."""
+    """The archive being received, read as the server's messages arrived: `read_some` hands
+    out their bytes without joining or copying them, `read` exactly what is asked."""
 
     def __init__(self, stream: BaseBackupStream) -> None:
         self._stream = stream
         self._messages = stream.copy_messages()
-        self._buffer = bytearray()
+        self._pieces: deque[memoryview] = deque()  # received, not read yet
         self._next: tuple[str, str] | None = None
         self._ended = True  # no archive open yet
         self._done = False
 
     def next_archive(self) -> tuple[str, str] | None:
         """Skip what is left of the current archive; the next one's (name, location)."""
-        while not self._ended:
-            self.read(1 << 20)
-        self._buffer.clear()
+        while self.read_some(1 << 20):
+            pass
         if self._next is None and not self._done:
             self._pull()
         header, self._next = self._next, None
@@ -260,10 +260,10 @@ class ArchiveReader:
         return header
 
     def _pull(self) -> None:
-        """Take one message: data into the buffer, or the start of the next archive."""
+        """Take one message: data into the pieces, or the start of the next archive."""
         for kind, payload in self._messages:
             if kind == b"d":
-                self._buffer += payload
+                self._pieces.append(payload)
                 return
             if kind == b"n":
                 name, location, _ = bytes(payload).split(b"\0", 2)
@@ -274,7 +274,23 @@ class ArchiveReader:
                 self._stream.on_progress(struct.unpack("!q", payload[:8])[0])
         self._ended = self._done = True
 
-    def read(self, size: int = -1) -> bytes:
-        while not self._ended and (size < 0 or len(self._buffer) < size):
+    def read_some(self, size: int) -> memoryview | bytes:
+        """At most `size` bytes of the archive, as they arrived (a view of the message that
+        carried them); b"" at its end."""
+        while not self._pieces and not self._ended:
             self._pull()
-        return take(self._buffer, size)
+        if not self._pieces:
+            return b""
+        piece = self._pieces[0]
+        if len(piece) <= size:
+            return self._pieces.popleft()
+        self._pieces[0] = piece[size:]
+        return piece[:size]
+
+    def read(self, size: int) -> bytes:
+        """Exactly `size` bytes, fewer only at the archive's end."""
+        pieces = []
+        while size > 0 and (piece := self.read_some(size)):
+            pieces.append(piece)
+            size -= len(piece)
+        return b"".join(pieces)

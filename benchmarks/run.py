@@ -1,13 +1,16 @@
 """Benchmark: this runner against barman-cloud-backup 3.20 and the raw limits, on one cluster.
 
     python -m benchmarks.run [--size-mib 1024] [--codecs none,gzip,...] [--jobs 1,2,4]
-                             [--no-barman] [--no-limits] [--repeat N] [--out DIR]
+                             [--no-barman] [--no-limits] [--no-streaming] [--repeat N]
+                             [--out DIR]
 
 Builds a realistic cluster (benchmarks/cluster.py), starts SeaweedFS, then for every codec and
-job count runs the runner and Barman back to back on the same cluster and store, alternating
-which goes first, each into a fresh bucket that is deleted afterwards. The limits (one raw
-multipart PUT of a tar of the same files; each codec alone on that tar stream) run on the same
-cluster. Prints a table and writes it as JSON and as a PNG chart into --out.
+job count runs the runner (reading PGDATA), the runner with --streaming (BASE_BACKUP over one
+replication connection), Barman and `pg_basebackup -Ft` to a local directory back to back on
+the same cluster and store, rotating which goes first, each backup into a fresh bucket (or
+directory) that is deleted afterwards. The limits (one raw multipart PUT of a tar of the same
+files; each codec alone on that tar stream) run on the same cluster. Prints a table and writes
+it as JSON and as a PNG chart into --out.
 """
 
 from __future__ import annotations
@@ -35,7 +38,15 @@ from benchmarks.measure import Measured, load_average, run_measured
 from tests.rig.barman import barman_env
 from tests.rig.pgcluster import PgCluster
 from tests.rig.s3server import S3Server, start_s3_server
-from tests.rig.tools import REPO_ROOT, as_postgres, barman_bin, make_workdir, postgres_home
+from tests.rig.tools import (
+    REPO_ROOT,
+    as_postgres,
+    barman_bin,
+    chown_to_postgres,
+    make_workdir,
+    postgres_home,
+    remove_workdir,
+)
 
 CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
 JOBS = (1, 2, 4)
@@ -47,6 +58,18 @@ CLI_CODECS = {
     "zstd": "zstd -T2 -3",
     "lz4": "lz4 -1",
 }
+# pg_basebackup -Ft writing to a local directory: what PostgreSQL 15's client can do with the same
+# server stream. Compression on the client, as the runner does it (the server only streams);
+# zstd at the runner's level on every core; no snappy in pg_basebackup.
+PG_BASEBACKUP_COMPRESS = {
+    "none": [],
+    "gzip": ["--compress=client-gzip"],  # zlib's default level (6), one thread
+    "lz4": ["--compress=client-lz4"],  # lz4's default (fast) level, one thread
+    "zstd": [f"--compress=client-zstd:level=2,workers={os.cpu_count() or 1}"],
+}
+# the runner reading PGDATA, the runner streaming it over the replication protocol, Barman,
+# pg_basebackup: one backup each, into a fresh bucket (or directory) deleted afterwards
+BACKUP_TOOLS = ("runner", "streaming", "barman", "pg_basebackup")
 # runs that keep one core busy for ~100 s on 2 GB (zlib level 9): scheduled after all others
 LONG_RUNS = {("barman", "gzip"), ("cli", "gzip")}
 MB = 1_000_000
@@ -56,7 +79,7 @@ MB = 1_000_000
 class Run:
     """One measured command."""
 
-    tool: str  # runner | barman | dag | raw-put | ingest | codec | cli
+    tool: str  # runner | streaming | barman | pg_basebackup | dag | raw-put | ingest | codec | cli
     codec: str
     jobs: int
     seconds: float
@@ -122,10 +145,14 @@ def stored_backup(s3: S3Server, bucket: str) -> tuple[int, int, str]:
 
 
 # ----------------------------------------------------------------------------- the tools
-def _runner_argv(codec: str, jobs: int, s3: S3Server, url: str) -> list[str]:
+def _runner_argv(codec: str, jobs: int, s3: S3Server, url: str,
+                 streaming: bool = False) -> list[str]:
+    # --streaming connects as the other tools do (PGHOST etc.: TCP to 127.0.0.1, a password),
+    # over initdb's default `host replication` line, which the rig keeps
     return as_postgres([
         sys.executable, "-m", "airflow_provider_pgcloud.runner", "--endpoint-url",
-        s3.endpoint_url, "--immediate-checkpoint", "-J", str(jobs), *FLAGS[codec], url, "pg",
+        s3.endpoint_url, *(["--streaming"] if streaming else []), "--immediate-checkpoint",
+        "-J", str(jobs), *FLAGS[codec], url, "pg",
     ])
 
 
@@ -159,8 +186,9 @@ def backup_run(tool: str, codec: str, jobs: int, s3: S3Server, pg: PgCluster,
     bucket = fresh_bucket(s3)
     url = f"s3://{bucket}/bench"
     cwd = "/"
-    if tool == "runner":
-        argv, env = _runner_argv(codec, jobs, s3, url), _runner_env(s3, pg)
+    if tool in ("runner", "streaming"):
+        argv = _runner_argv(codec, jobs, s3, url, streaming=tool == "streaming")
+        env = _runner_env(s3, pg)
     elif tool == "dag":
         assert airflow is not None
         argv, cwd = airflow.argv(url, codec, jobs), str(REPO_ROOT)
@@ -188,9 +216,48 @@ def backup_run(tool: str, codec: str, jobs: int, s3: S3Server, pg: PgCluster,
         note = f"process {measured.seconds:.1f}s"
     run = Run(tool, codec, jobs, seconds, raw_bytes, stored, measured.peak_rss, load,
               ok, note, extra)
-    log(f"{tool:7s} {codec:6s} -J {jobs}: {run.seconds:6.1f}s {run.mb_s:6.0f} MB/s "
-        f"stored {stored / MB:8.1f} MB  peak RSS {run.peak_rss / MB:5.0f} MB  load {load[0]:.2f}"
-        + ("" if ok else f"  FAILED {note}"))
+    _log_backup(run)
+    return run
+
+
+def _log_backup(run: Run) -> None:
+    log(f"{run.tool:7s} {run.codec:6s} -J {run.jobs}: {run.seconds:6.1f}s {run.mb_s:6.0f} MB/s "
+        f"stored {run.bytes_stored / MB:8.1f} MB  peak RSS {run.peak_rss / MB:5.0f} MB  "
+        f"load {run.load[0]:.2f}" + ("" if run.ok else f"  FAILED {run.note}"))
+
+
+def _pg_basebackup_argv(codec: str, pg: PgCluster, target: Path) -> list[str]:
+    # -X none --no-manifest: the same server work as the runner's BASE_BACKUP (no WAL, no
+    # manifest); --no-sync: the runner does not fsync what it sends either
+    return as_postgres([
+        pg.bindir / "pg_basebackup", "-D", target, "-Ft", "-X", "none", "--no-manifest",
+        "--no-sync", "-c", "fast", *PG_BASEBACKUP_COMPRESS[codec], "-h", pg.host,
+        "-p", str(pg.port), "-U", pg.user,
+    ])
+
+
+def pg_basebackup_run(codec: str, jobs: int, pg: PgCluster, raw_bytes: int) -> Run:
+    """`pg_basebackup -Ft` into a fresh local directory, removed afterwards. It has no -J: the
+    same command runs in every -J group, for the rotation."""
+    workdir = make_workdir("bench-basebackup")
+    target = workdir / "backup"
+    target.mkdir()
+    chown_to_postgres(target, mode=0o700)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(pg.env())
+    load = load_average()
+    try:
+        measured = run_measured(_pg_basebackup_argv(codec, pg, target), env)
+        archives = sorted(path.name for path in target.iterdir())
+        stored = sum(path.stat().st_size for path in target.iterdir())
+    finally:
+        remove_workdir(workdir)
+    ok = measured.returncode == 0 and any(name.startswith("base.tar") for name in archives)
+    note = ", ".join(archives) if ok else \
+        f"exit {measured.returncode}: {measured.stderr.strip()[-400:]}"
+    run = Run("pg_basebackup", codec, jobs, measured.seconds, raw_bytes, stored,
+              measured.peak_rss, load, ok, note)
+    _log_backup(run)
     return run
 
 
@@ -256,26 +323,28 @@ def _limit_run(tool: str, codec: str, measured: Measured, load: tuple[float, flo
 
 # ---------------------------------------------------------------------------- the schedule
 def schedule(codecs: Sequence[str], jobs: Sequence[int], barman: bool, limits: bool,
-             repeat: int, dag: bool = False) -> Iterator[tuple[str, str, int]]:
+             repeat: int, dag: bool = False,
+             streaming: bool = False) -> Iterator[tuple[str, str, int]]:
     """(tool, codec, jobs) in run order.
 
     For each codec: the codec alone (a limit), then for each -J the runner and Barman side by
-    side (with the DAG when asked, and the raw PUT and the in-memory upload for `none`),
-    who goes first rotating from one group to the next, and each group's order rotating from
-    one repeat to the next, so that no tool always runs in the same place.
+    side (with the streaming runner and pg_basebackup when asked, the DAG when asked, and the
+    raw PUT and the in-memory upload for `none`), who goes first rotating from one group to the
+    next, and each group's order rotating from one repeat to the next, so that no tool always
+    runs in the same place.
 
     The long, light runs (LONG_RUNS: ~100 s on one core) come last, after every repeat, so
     that no short run ever follows one: this VM drops pages nobody touched for 60 s, so a run
     that follows a long, light one reads them back and is up to 2.5 s slower, the DAG most of
     all (benchmarks/README.md, item 13). Among themselves the penalty is a few percent of 100 s.
     """
-    runs = list(_rotation(codecs, jobs, barman, limits, repeat, dag))
+    runs = list(_rotation(codecs, jobs, barman, limits, repeat, dag, streaming))
     yield from (run for run in runs if run[:2] not in LONG_RUNS)
     yield from (run for run in runs if run[:2] in LONG_RUNS)
 
 
 def _rotation(codecs: Sequence[str], jobs: Sequence[int], barman: bool, limits: bool,
-              repeat: int, dag: bool) -> Iterator[tuple[str, str, int]]:
+              repeat: int, dag: bool, streaming: bool) -> Iterator[tuple[str, str, int]]:
     """Every run of `schedule`, in the rotating order, long ones still in their place."""
     for round_ in range(repeat):
         turn = round_
@@ -285,7 +354,11 @@ def _rotation(codecs: Sequence[str], jobs: Sequence[int], barman: bool, limits: 
                 if codec in CLI_CODECS:
                     yield "cli", codec, 0
             for j in jobs:
-                group = ["runner", *(["barman"] if barman else []), *(["dag"] if dag else []),
+                group = ["runner", *(["streaming"] if streaming else []),
+                         *(["barman"] if barman else []),
+                         *(["pg_basebackup"] if streaming and codec in PG_BASEBACKUP_COMPRESS
+                           else []),
+                         *(["dag"] if dag else []),
                          *(["raw-put", "ingest"] if limits and codec == "none" else [])]
                 turn += 1
                 first = turn % len(group)
@@ -296,13 +369,15 @@ def _rotation(codecs: Sequence[str], jobs: Sequence[int], barman: bool, limits: 
 def run_all(args: argparse.Namespace, results: Results, s3: S3Server, pg: PgCluster,
             raw_bytes: int, airflow: Airflow | None = None) -> None:
     for tool, codec, j in schedule(args.codecs, args.jobs, args.barman, args.limits,
-                                   args.repeat, airflow is not None):
+                                   args.repeat, airflow is not None, args.streaming):
         if tool in ("raw-put", "ingest"):
             results.runs.append(store_upload(tool, s3, pg))
         elif tool == "codec":
             results.runs.append(codec_alone(codec, pg))
         elif tool == "cli":
             results.runs.append(cli_codec(codec, pg))
+        elif tool == "pg_basebackup":
+            results.runs.append(pg_basebackup_run(codec, j, pg, raw_bytes))
         else:
             results.runs.append(backup_run(tool, codec, j, s3, pg, raw_bytes, airflow))
     if args.limits and "none" not in args.codecs:  # compressed uploads need the PUT rate too
@@ -329,7 +404,7 @@ def summarize(results: Results) -> list[dict[str, Any]]:
     put_bytes = median("raw-put", "none", 0, "bytes_in")
     cores = os.cpu_count() or 1
     rows = []
-    keys = sorted({(r.codec, r.jobs) for r in results.runs if r.tool in ("runner", "barman")},
+    keys = sorted({(r.codec, r.jobs) for r in results.runs if r.tool in BACKUP_TOOLS},
                   key=lambda k: (CODECS.index(k[0]) if k[0] in CODECS else 99, k[1]))
     for codec, jobs in keys:
         ours, theirs = median("runner", codec, jobs), median("barman", codec, jobs)
@@ -365,6 +440,24 @@ def summarize(results: Results) -> list[dict[str, Any]]:
         dag = median("dag", codec, jobs)
         row["dag_s"] = dag
         row["dag_vs_runner"] = dag / ours if dag and ours else None
+        # the streaming source, and pg_basebackup -Ft to local disk on the same server stream
+        streamed, basebackup = median("streaming", codec, jobs), median("pg_basebackup", codec,
+                                                                         jobs)
+        row.update({
+            "streaming_s": streamed,
+            "streaming_mb_s": raw / MB / streamed if streamed else None,
+            "streaming_bytes": median("streaming", codec, jobs, "bytes_stored"),
+            "streaming_rss": peak("streaming", codec, jobs),
+            # speed ratios (> 1: the streaming source is faster)
+            "streaming_vs_runner": ours / streamed if ours and streamed else None,
+            "streaming_vs_barman": theirs / streamed if theirs and streamed else None,
+            "pg_basebackup_s": basebackup,
+            "pg_basebackup_mb_s": raw / MB / basebackup if basebackup else None,
+            "pg_basebackup_bytes": median("pg_basebackup", codec, jobs, "bytes_stored"),
+            "pg_basebackup_rss": peak("pg_basebackup", codec, jobs),
+            "streaming_vs_pg_basebackup": (basebackup / streamed if basebackup and streamed
+                                           else None),
+        })
         rows.append(row)
     return rows
 
@@ -377,6 +470,11 @@ TARGETS = {
 }
 MAX_RSS_J4 = 400 * MB
 MAX_DAG_VS_RUNNER = 1.5
+# the streaming source: codec: (min speed vs the local-files runner, min speed vs Barman)
+STREAMING_TARGETS = {
+    "none": (0.8, None),
+    "zstd": (None, 2.0),
+}
 
 
 def check_targets(rows: list[dict[str, Any]]) -> list[tuple[str, bool]]:
@@ -402,6 +500,23 @@ def check_targets(rows: list[dict[str, Any]]) -> list[tuple[str, bool]]:
         if jobs == 4 and row["runner_rss"] is not None:
             checks.append((f"{where}: peak RSS {row['runner_rss'] / MB:.0f} MB <= 400 MB",
                            row["runner_rss"] <= MAX_RSS_J4))
+        checks += _streaming_checks(row)
+    return checks
+
+
+def _streaming_checks(row: dict[str, Any]) -> list[tuple[str, bool]]:
+    checks = []
+    where = f"streaming {row['codec']} -J {row['jobs']}"
+    vs_local, vs_barman = STREAMING_TARGETS.get(row["codec"], (None, None))
+    if vs_local and row.get("streaming_vs_runner") is not None:
+        checks.append((f"{where}: {row['streaming_vs_runner']:.2f}x the local-files "
+                       f"source's speed >= {vs_local}x", row["streaming_vs_runner"] >= vs_local))
+    if vs_barman and row.get("streaming_vs_barman") is not None:
+        checks.append((f"{where}: {row['streaming_vs_barman']:.2f}x Barman's speed "
+                       f">= {vs_barman}x", row["streaming_vs_barman"] >= vs_barman))
+    if row["jobs"] == 4 and row.get("streaming_rss") is not None:
+        checks.append((f"{where}: peak RSS {row['streaming_rss'] / MB:.0f} MB <= 400 MB",
+                       row["streaming_rss"] <= MAX_RSS_J4))
     return checks
 
 
@@ -444,6 +559,8 @@ def table(results: Results, rows: list[dict[str, Any]]) -> str:
             f"| {_fmt(r['barman_rss'] and r['barman_rss'] / MB, '.0f')} "
             f"| {_fmt(r['limit_s'], '.1f')} | {_fmt(r['vs_limit'], '.2f')}x |"
         )
+    if any(r.get("streaming_s") or r.get("pg_basebackup_s") for r in rows):
+        lines += ["", streaming_table(rows)]
     if any(r.get("dag_s") for r in rows):
         lines += ["", "| codec | -J | runner s | DAG s (LocalExecutor) | DAG / runner |",
                   "|---|--:|--:|--:|--:|"]
@@ -480,8 +597,35 @@ def table(results: Results, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def streaming_table(rows: list[dict[str, Any]]) -> str:
+    """The streaming source beside the local-files runner, Barman and pg_basebackup -Ft."""
+    lines = [
+        "| codec | -J | local files s | streaming s | streaming MB/s | streaming vs local files "
+        "| Barman s | streaming vs Barman | pg_basebackup -Ft s | pg_basebackup MB/s "
+        "| streaming vs pg_basebackup | streaming MB stored | pg_basebackup MB stored "
+        "| streaming RSS MB | pg_basebackup RSS MB |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['codec']} | {r['jobs']} | {_fmt(r['runner_s'], '.1f')} "
+            f"| {_fmt(r.get('streaming_s'), '.1f')} | {_fmt(r.get('streaming_mb_s'), '.0f')} "
+            f"| {_fmt(r.get('streaming_vs_runner'), '.2f')}x | {_fmt(r['barman_s'], '.1f')} "
+            f"| {_fmt(r.get('streaming_vs_barman'), '.2f')}x "
+            f"| {_fmt(r.get('pg_basebackup_s'), '.1f')} "
+            f"| {_fmt(r.get('pg_basebackup_mb_s'), '.0f')} "
+            f"| {_fmt(r.get('streaming_vs_pg_basebackup'), '.2f')}x "
+            f"| {_fmt(r.get('streaming_bytes') and r['streaming_bytes'] / MB, '.1f')} "
+            f"| {_fmt(r.get('pg_basebackup_bytes') and r['pg_basebackup_bytes'] / MB, '.1f')} "
+            f"| {_fmt(r.get('streaming_rss') and r['streaming_rss'] / MB, '.0f')} "
+            f"| {_fmt(r.get('pg_basebackup_rss') and r['pg_basebackup_rss'] / MB, '.0f')} |"
+        )
+    return "\n".join(lines)
+
+
 def chart(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Throughput (runner, Barman, limit) per codec and job count, and the runner's peak RSS."""
+    """Throughput (runner, Barman, limit; the streaming runner and pg_basebackup when measured)
+    per codec and job count, and the tools' peak RSS."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -489,30 +633,45 @@ def chart(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
     labels = [f"{r['codec']}\n-J {r['jobs']}" for r in rows]
     xs = range(len(rows))
-    width = 0.27
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(8, len(rows) * 0.8), 8),
                                       height_ratios=[2, 1], sharex=True)
 
     def mbs(key: str) -> list[float]:
         return [r["raw_bytes"] / MB / r[key] if r.get(key) else 0 for r in rows]
 
-    top.bar([x - width for x in xs], mbs("runner_s"), width, label="this runner")
-    top.bar(list(xs), mbs("barman_s"), width, label="barman-cloud-backup 3.20")
-    top.bar([x + width for x in xs], mbs("limit_s"), width, label="limit (raw PUT / codec)",
-            color="lightgray")
+    def present(series: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+        """The series that were measured (the runner's always)."""
+        return [s for s in series if s[0].startswith("runner") or any(r.get(s[0]) for r in rows)]
+
+    speeds = present([
+        ("runner_s", "this runner (local files)", "C0"),
+        ("streaming_s", "this runner, --streaming", "C2"),
+        ("barman_s", "barman-cloud-backup 3.20", "C1"),
+        ("pg_basebackup_s", "pg_basebackup -Ft, local disk", "C4"),
+        ("limit_s", "limit (raw PUT / codec)", "lightgray"),
+    ])
+    width = 0.8 / len(speeds)
+    for i, (key, label, color) in enumerate(speeds):
+        offset = (i - (len(speeds) - 1) / 2) * width
+        top.bar([x + offset for x in xs], mbs(key), width, label=label, color=color)
     top.set_ylabel("MB/s (uncompressed)")
     top.set_title(title)
-    top.set_ylim(0, max([*mbs("runner_s"), *mbs("barman_s"), *mbs("limit_s"), 1]) * 1.3)
+    top.set_ylim(0, max([v for key, _, _ in speeds for v in mbs(key)] + [1]) * 1.3)
     top.legend(loc="upper left", fontsize="small", ncols=3)
-    bottom.bar([x - width / 2 for x in xs], [(r["runner_rss"] or 0) / MB for r in rows], width,
-               label="this runner")
-    bottom.bar([x + width / 2 for x in xs], [(r["barman_rss"] or 0) / MB for r in rows], width,
-               label="barman-cloud-backup")
+    memories = present([
+        ("runner_rss", "this runner", "C0"),
+        ("streaming_rss", "this runner, --streaming", "C2"),
+        ("barman_rss", "barman-cloud-backup", "C1"),
+    ])
+    width = 0.8 / len(memories)
+    for i, (key, label, color) in enumerate(memories):
+        offset = (i - (len(memories) - 1) / 2) * width
+        bottom.bar([x + offset for x in xs], [(r.get(key) or 0) / MB for r in rows], width,
+                   label=label, color=color)
     bottom.axhline(400, color="red", linestyle="--", linewidth=1, label="400 MB")
     bottom.set_ylabel("peak RSS, MB")
     bottom.set_xticks(list(xs), labels)
-    peak = max([(r["runner_rss"] or 0) / MB for r in rows]
-               + [(r["barman_rss"] or 0) / MB for r in rows] + [400])
+    peak = max([(r.get(key) or 0) / MB for r in rows for key, _, _ in memories] + [400])
     bottom.set_ylim(0, peak * 1.35)
     bottom.legend(loc="upper left", fontsize="small", ncols=3)
     fig.tight_layout()
@@ -538,6 +697,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="skip barman-cloud-backup")
     parser.add_argument("--no-limits", dest="limits", action="store_false",
                         help="skip the raw PUT, store ingest and codec-alone limits")
+    parser.add_argument("--no-streaming", dest="streaming", action="store_false",
+                        help="skip the runner's --streaming source and pg_basebackup -Ft")
     parser.add_argument("--dag", action="store_true",
                         help="also run the example DAG (LocalExecutor, mapped uploads) each time")
     parser.add_argument("--repeat", type=int, default=1,

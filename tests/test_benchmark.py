@@ -40,7 +40,8 @@ def test_benchmark_with_barman_and_limits(tmp_path: Path) -> None:
     data = _bench(tmp_path, "--codecs", "none,gzip")
     runs = data["runs"]
     tools = {run["tool"] for run in runs}
-    assert {"runner", "barman", "raw-put", "ingest", "codec"} <= tools
+    assert {"runner", "streaming", "barman", "pg_basebackup", "raw-put", "ingest",
+            "codec"} <= tools
     assert all(run["ok"] for run in runs), runs
     none, gzip = data["rows"]
     assert (none["codec"], gzip["codec"], gzip["jobs"]) == ("none", "gzip", 1)
@@ -51,12 +52,26 @@ def test_benchmark_with_barman_and_limits(tmp_path: Path) -> None:
     [ingest] = [run for run in runs if run["tool"] == "ingest"]
     assert ingest["bytes_stored"] == ingest["bytes_in"] > 1 << 20
     assert none["ingest_vs_barman"] > 0 and len(data["ingest_notes"]) == 1
+    # the streaming source (BASE_BACKUP over TCP) and pg_basebackup -Ft beside them
+    for row in (none, gzip):
+        assert row["streaming_s"] > 0 and row["streaming_rss"] > 0
+        assert row["streaming_vs_runner"] is not None and row["streaming_vs_barman"] is not None
+        assert row["pg_basebackup_s"] > 0 and row["streaming_vs_pg_basebackup"] is not None
+    # uncompressed, all three store the same files: within a few tar headers of each other
+    assert abs(none["streaming_bytes"] - none["runner_bytes"]) < none["runner_bytes"] * 0.05
+    assert abs(none["pg_basebackup_bytes"] - none["runner_bytes"]) < none["runner_bytes"] * 0.05
+    assert gzip["streaming_bytes"] < none["streaming_bytes"]
+    assert gzip["pg_basebackup_bytes"] < none["pg_basebackup_bytes"]
+    targets = [target["target"] for target in data["targets"]]
+    assert any(t.startswith("streaming none -J 1:") and "local-files" in t for t in targets)
 
 
 @pytest.mark.timeout(TIMEOUT_S + 60)
 def test_benchmark_without_barman_with_dag(tmp_path: Path) -> None:
-    """--dag: the example DAG under a real scheduler (LocalExecutor) beside the runner."""
-    data = _bench(tmp_path, "--codecs", "none", "--no-barman", "--no-limits", "--dag")
+    """--dag: the example DAG under a real scheduler (LocalExecutor) beside the runner (and
+    --no-streaming leaves the streaming source and pg_basebackup out)."""
+    data = _bench(tmp_path, "--codecs", "none", "--no-barman", "--no-limits", "--no-streaming",
+                  "--dag")
     runs = data["runs"]
     assert sorted((run["tool"], run["codec"], run["jobs"], run["ok"]) for run in runs) == [
         ("dag", "none", 1, True), ("runner", "none", 1, True),

@@ -28,6 +28,7 @@ RestoreFailed (exit 1) / InputError (exit 3).
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as dt
 import grp
 import json
@@ -36,6 +37,7 @@ import multiprocessing
 import os
 import posixpath
 import pwd
+import queue
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -323,6 +325,51 @@ class _Decompressed:
         return self._decompressor.trailing
 
 
+DECOMPRESSED_AHEAD = 4
+"""Decompressed chunks a thread prepares while this one writes files: creating a file costs
+this machine's ext4 a quarter of a millisecond, during which the decompressor (which releases
+the GIL) runs instead of waiting its turn."""
+
+
+def _ahead(chunks: Iterator[bytes | memoryview], depth: int) -> Iterator[bytes | memoryview]:
+    """`chunks`, produced by a thread up to `depth` ahead of the consumer."""
+    ready: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    try:
+                        ready.put(("chunk", chunk), timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ready.put(("end", None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            ready.put(("error", exc))
+
+    thread = threading.Thread(target=produce, name="decompress", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = ready.get()
+            if kind == "chunk":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+    finally:
+        stop.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                ready.get_nowait()
+        thread.join()
+
+
 def restore_object(store: ObjectStore, job: _Job, cancelled: Any = None) -> dict[str, int]:
     """Fetch, decompress, unpack and check one archive object (see the module doc)."""
     started = time.monotonic()
@@ -339,7 +386,7 @@ def restore_object(store: ObjectStore, job: _Job, cancelled: Any = None) -> dict
     stored_checksum = new_checksum(algorithm) if algorithm else None
     source = _Decompressed(ranged_chunks(store, job.key, job.size, cancelled), job.compression,
                            stored_checksum)
-    reader = TarReader(iter(source))
+    reader = TarReader(_ahead(iter(source), DECOMPRESSED_AHEAD))
     expected = iter(manifest["members"]) if manifest else None
     as_root = os.geteuid() == 0
     made: set[str] = {job.directory}  # directories known to exist

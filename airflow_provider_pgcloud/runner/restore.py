@@ -325,7 +325,7 @@ class _Decompressed:
         return self._decompressor.trailing
 
 
-DECOMPRESSED_AHEAD = 4
+DECOMPRESSED_AHEAD = 2
 """Decompressed chunks a thread prepares while this one writes files: creating a file costs
 this machine's ext4 a quarter of a millisecond, during which the decompressor (which releases
 the GIL) runs instead of waiting its turn."""

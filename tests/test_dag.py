@@ -216,7 +216,8 @@ def test_example_dag_form_and_shape(dagbag: Any) -> None:
     assert dag.schedule == "@daily"
     params = dag.params
     expected = ["destination_url", "server_name", "backup_name", "tags", "cloud_provider",
-                "compression", "jobs", "max_archive_size", "immediate_checkpoint"]
+                "compression", "jobs", "max_archive_size", "immediate_checkpoint",
+                "retention_policy"]
     assert list(params.keys()) == expected
     for name in expected:
         param = params.get_param(name)
@@ -232,6 +233,7 @@ def test_example_dag_form_and_shape(dagbag: Any) -> None:
     assert upload.is_mapped and upload.map_index_template
     assert upload.upstream_task_ids == {start.task_id}
     assert stop.upstream_task_ids == {start.task_id, upload.task_id}
+    assert dag.get_task(RETENTION).upstream_task_ids == {stop.task_id}  # after a DONE backup
     # no snapshot options: no snapshot task, one scheduling round trip less
     assert f"{GROUP}.take_disk_snapshots" not in dag.task_dict
 

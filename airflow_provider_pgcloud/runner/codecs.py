@@ -72,8 +72,10 @@ class _Stream:
     """A library decompressor with `decompress`, `eof` and `unused_data` (zlib's shape), or,
     with `flushes`, one that ends with `flush()` and knows no end of stream (snappy framing)."""
 
-    def __init__(self, name: str, decompressor: Any, *, flushes: bool = False) -> None:
+    def __init__(self, name: str, decompressor: Any, *, flushes: bool = False,
+                 wants_bytes: bool = False) -> None:
         self._name, self._d, self._flushes = name, decompressor, flushes
+        self._wants_bytes = wants_bytes  # python-snappy refuses a memoryview
         self.trailing = 0
         self._ended = False
 
@@ -81,6 +83,8 @@ class _Stream:
         if self._ended:
             self.trailing += len(data)
             return b""
+        if self._wants_bytes and not isinstance(data, bytes):
+            data = bytes(data)
         try:
             out: bytes = self._d.decompress(data)
         except Exception as exc:  # each library has its own error type (lz4: RuntimeError)
@@ -174,7 +178,8 @@ def _read_bzip2() -> Decompressor:
 
 
 def _read_snappy() -> Decompressor:
-    return _Stream("snappy", _import("snappy").StreamDecompressor(), flushes=True)
+    return _Stream("snappy", _import("snappy").StreamDecompressor(), flushes=True,
+                   wants_bytes=True)
 
 
 def _read_lz4() -> Decompressor:

@@ -45,7 +45,7 @@ class Decompressor(Protocol):
 
     trailing: int
 
-    def feed(self, data: bytes | memoryview, /) -> bytes: ...
+    def feed(self, data: bytes | memoryview, /) -> bytes | memoryview: ...
 
     def finish(self) -> bytes:
         """The rest; raises ValueError if the stream was cut short."""
@@ -61,8 +61,8 @@ class _Identity:
     def flush(self) -> bytes:
         return b""
 
-    def feed(self, data: bytes | memoryview, /) -> bytes:
-        return data if isinstance(data, bytes) else bytes(data)
+    def feed(self, data: bytes | memoryview, /) -> bytes | memoryview:
+        return data  # stored as is: handed on without a copy
 
     def finish(self) -> bytes:
         return b""

@@ -309,7 +309,6 @@ class _Decompressed:
                  checksum: Checksum | None) -> None:
         self._chunks, self._checksum = chunks, checksum
         self._decompressor = get_codec(compression).decompressor()
-        self._stored_as_is = compression is None
         self.stored_bytes = 0
 
     def __iter__(self) -> Iterator[bytes | memoryview]:
@@ -317,7 +316,7 @@ class _Decompressed:
             self.stored_bytes += len(chunk)
             if self._checksum is not None:
                 self._checksum.update(chunk)
-            yield chunk if self._stored_as_is else self._decompressor.feed(chunk)
+            yield self._decompressor.feed(chunk)
         yield self._decompressor.finish()
 
     @property

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from ..errors import InputError
 from ..restore import TARGET_ACTIONS, RecoverySettings, restore_backup
+from ..storage import StoreConfig
 from .common import (
     checked_store,
     positive,
@@ -89,7 +90,8 @@ def wal_restore_program() -> list[str]:
     return [sys.executable, "-m", "airflow_provider_pgcloud.runner.cli.wal_restore"]
 
 
-def recovery_settings(args: argparse.Namespace) -> RecoverySettings | None:
+def recovery_settings(args: argparse.Namespace, config: StoreConfig
+                      ) -> RecoverySettings | None:
     target: tuple[str, str | None] | None = None
     for kind in ("time", "lsn", "xid", "name"):
         value = getattr(args, f"target_{kind}")
@@ -105,7 +107,6 @@ def recovery_settings(args: argparse.Namespace) -> RecoverySettings | None:
         return None
     program = (shlex.split(args.wal_restore_command) if args.wal_restore_command
                else wal_restore_program())
-    config = store_config(args, args.source_url)
     command = shlex.join([*program, *store_arguments(config), args.source_url,
                           args.server_name]) + " %f %p"
     return RecoverySettings(restore_command=command, target=target,
@@ -113,11 +114,11 @@ def recovery_settings(args: argparse.Namespace) -> RecoverySettings | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    recovery = recovery_settings(args)
+    config = store_config(args, args.source_url)
+    recovery = recovery_settings(args, config)
     tablespaces = dict(args.tablespace)
     if len(tablespaces) != len(args.tablespace):
         raise InputError("--tablespace: a tablespace is named twice")
-    config = store_config(args, args.source_url)
     with checked_store(config):
         pass  # exit 2 (unreachable) or 1 (no bucket) before anything is written
     report = restore_backup(config, args.server_name, args.backup_id, args.recovery_dir,

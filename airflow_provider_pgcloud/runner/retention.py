@@ -183,6 +183,15 @@ def _end_time(entry: CatalogEntry) -> dt.datetime:
     return end if end.tzinfo else end.astimezone()  # naive: the client's local time
 
 
+def _not_judged(entry: CatalogEntry) -> Verdict | None:
+    """Why a policy does not judge this backup (incremental, or not DONE), or None."""
+    if entry.info.get("parent_backup_id"):
+        return Verdict(NONE, "an incremental backup: not judged")
+    if entry.status != bi.DONE:
+        return Verdict(NONE, f"{entry.status}: only DONE backups are judged")
+    return None
+
+
 def classify(catalog: Catalog, policy: RetentionPolicy, minimum_redundancy: int = 0,
              now: dt.datetime | None = None) -> dict[str, Verdict]:
     """Every backup's retention status under `policy`, as Barman's retention policies judge
@@ -198,12 +207,9 @@ def classify(catalog: Catalog, policy: RetentionPolicy, minimum_redundancy: int 
         counted = 0
         for backup_id in newest_first:
             entry = catalog.backups[backup_id]
-            if entry.info.get("parent_backup_id"):
-                verdicts[backup_id] = Verdict(NONE, "an incremental backup: not judged")
-                continue
-            if entry.status != bi.DONE:
-                verdicts[backup_id] = Verdict(NONE, f"{entry.status}: only DONE backups are "
-                                              "judged")
+            unjudged = _not_judged(entry)
+            if unjudged:
+                verdicts[backup_id] = unjudged
                 continue
             keep = _keep_status(entry)
             if keep:
@@ -223,11 +229,9 @@ def classify(catalog: Catalog, policy: RetentionPolicy, minimum_redundancy: int 
     valid = 0
     for backup_id in newest_first:
         entry = catalog.backups[backup_id]
-        if entry.info.get("parent_backup_id"):
-            verdicts[backup_id] = Verdict(NONE, "an incremental backup: not judged")
-            continue
-        if entry.status != bi.DONE:
-            verdicts[backup_id] = Verdict(NONE, f"{entry.status}: only DONE backups are judged")
+        unjudged = _not_judged(entry)
+        if unjudged:
+            verdicts[backup_id] = unjudged
             continue
         keep = _keep_status(entry)
         if not before_window:

@@ -70,7 +70,8 @@ class StoredArchive:
             self.stored_bytes += len(chunk)
             if self.checksum is not None:
                 self.checksum.update(chunk)
-            self._buffer += self._d.feed(chunk)
+            for piece in self._d.feed(chunk):
+                self._buffer += piece
 
     def read(self, size: int = -1) -> bytes:
         self._fill(size)

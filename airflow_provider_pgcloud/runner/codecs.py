@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import bz2
 import importlib
-from collections.abc import Callable
+import lzma
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Protocol
@@ -39,13 +40,22 @@ class Compressor(Protocol):
     def flush(self) -> bytes: ...
 
 
+OUTPUT_SIZE = 1 << 20
+"""The most a decompressor hands back at a time. A stream's output per input byte has no
+useful bound (a run of zero pages compresses a thousandfold), so reading a backup holds at
+most this much decompressed data per object in flight, however the data compresses."""
+
+
 class Decompressor(Protocol):
     """Reads back one object's single compression stream; what follows its end is counted in
     `trailing` (barman-cloud-restore silently ignores it, verify reports it)."""
 
     trailing: int
 
-    def feed(self, data: bytes | memoryview, /) -> bytes | memoryview: ...
+    def feed(self, data: bytes | memoryview, /) -> Iterator[bytes | memoryview]:
+        """What `data` decompresses to, in pieces of at most OUTPUT_SIZE bytes. Read them
+        all before feeding more; raises ValueError on damaged data."""
+        ...
 
     def finish(self) -> bytes:
         """The rest; raises ValueError if the stream was cut short."""
@@ -61,49 +71,80 @@ class _Identity:
     def flush(self) -> bytes:
         return b""
 
-    def feed(self, data: bytes | memoryview, /) -> bytes | memoryview:
-        return data  # stored as is: handed on without a copy
+    def feed(self, data: bytes | memoryview, /) -> Iterator[bytes | memoryview]:
+        yield data  # stored as is: handed on without a copy
 
     def finish(self) -> bytes:
         return b""
 
 
 class _Stream:
-    """A library decompressor with `decompress`, `eof` and `unused_data` (zlib's shape), or,
-    with `flushes`, one that ends with `flush()` and knows no end of stream (snappy framing)."""
+    """A library decompressor that takes `max_length` and keeps the input it has not used
+    (bz2's shape: `needs_input`, `eof`, `unused_data`; lzma, lz4 frame and zstd share it).
+    zlib's shape, which hands the unused input back in `unconsumed_tail`, is `tail=True`."""
 
-    def __init__(self, name: str, decompressor: Any, *, flushes: bool = False,
-                 wants_bytes: bool = False) -> None:
-        self._name, self._d, self._flushes = name, decompressor, flushes
-        self._wants_bytes = wants_bytes  # python-snappy refuses a memoryview
-        self.trailing = 0
+    def __init__(self, name: str, decompressor: Any, *, tail: bool = False) -> None:
+        self._name, self._d, self._tail = name, decompressor, tail
         self._ended = False
+        self.trailing = 0
 
-    def feed(self, data: bytes | memoryview, /) -> bytes:
+    def feed(self, data: bytes | memoryview, /) -> Iterator[bytes]:
         if self._ended:
             self.trailing += len(data)
-            return b""
-        if self._wants_bytes and not isinstance(data, bytes):
-            data = bytes(data)
-        try:
-            out: bytes = self._d.decompress(data)
-        except Exception as exc:  # each library has its own error type (lz4: RuntimeError)
-            raise ValueError(f"corrupt {self._name} data: {exc}") from None
-        if not self._flushes and self._d.eof:
-            self._ended = True
-            self.trailing += len(self._d.unused_data or b"")
-        return out
+            return
+        d = self._d
+        while True:
+            try:
+                out: bytes = d.decompress(data, OUTPUT_SIZE)
+            except Exception as exc:  # each library has its own error type (lz4: RuntimeError)
+                raise ValueError(f"corrupt {self._name} data: {exc}") from None
+            if out:
+                yield out
+            if d.eof:
+                self._ended = True
+                self.trailing += len(d.unused_data or b"")
+                return
+            if self._tail:  # a full piece may leave output behind with no input left
+                data = d.unconsumed_tail
+                if not data and len(out) < OUTPUT_SIZE:
+                    return
+            elif d.needs_input:
+                return
+            else:
+                data = b""
 
     def finish(self) -> bytes:
-        if self._flushes:
-            try:
-                tail: bytes = self._d.flush()
-            except Exception as exc:
-                raise ValueError(f"corrupt {self._name} data: {exc}") from None
-            return tail
         if not self._ended:
             raise ValueError("the compressed stream ends early")
         return b""
+
+
+class _Snappy:
+    """Snappy framing, which has no `max_length` and no end of stream: input goes in pieces
+    small enough that what one gives back stays bounded (a frame holds at most 64 KiB)."""
+
+    PIECE = 64 << 10
+
+    def __init__(self, decompressor: Any) -> None:
+        self._d = decompressor
+        self.trailing = 0
+
+    def feed(self, data: bytes | memoryview, /) -> Iterator[bytes]:
+        view = memoryview(data)
+        for start in range(0, len(view), self.PIECE):
+            try:  # python-snappy refuses a memoryview
+                out: bytes = self._d.decompress(bytes(view[start:start + self.PIECE]))
+            except Exception as exc:
+                raise ValueError(f"corrupt snappy data: {exc}") from None
+            if out:
+                yield out
+
+    def finish(self) -> bytes:
+        try:
+            tail: bytes = self._d.flush()
+        except Exception as exc:
+            raise ValueError(f"corrupt snappy data: {exc}") from None
+        return tail
 
 
 class _Lz4:
@@ -170,7 +211,7 @@ def _read_identity() -> Decompressor:
 def _read_gzip() -> Decompressor:
     # ISA-L reads the same single gzip member as zlib, about three times as fast
     isal_zlib = _import("isal.isal_zlib")
-    return _Stream("gzip", isal_zlib.decompressobj(16 + isal_zlib.MAX_WBITS))
+    return _Stream("gzip", isal_zlib.decompressobj(16 + isal_zlib.MAX_WBITS), tail=True)
 
 
 def _read_bzip2() -> Decompressor:
@@ -178,8 +219,7 @@ def _read_bzip2() -> Decompressor:
 
 
 def _read_snappy() -> Decompressor:
-    return _Stream("snappy", _import("snappy").StreamDecompressor(), flushes=True,
-                   wants_bytes=True)
+    return _Snappy(_import("snappy").StreamDecompressor())
 
 
 def _read_lz4() -> Decompressor:
@@ -187,7 +227,24 @@ def _read_lz4() -> Decompressor:
 
 
 def _read_zstd() -> Decompressor:
-    return _Stream("zstd", _import("zstandard").ZstdDecompressor().decompressobj())
+    # the standard library's zstd (3.14's compression.zstd, backported): unlike zstandard's
+    # decompressobj it takes max_length, so a frame of zero pages cannot come back in one piece
+    return _Stream("zstd", _zstd_module().ZstdDecompressor())
+
+
+def _zstd_module() -> ModuleType:
+    try:
+        return importlib.import_module("compression.zstd")
+    except ImportError:
+        try:
+            return importlib.import_module("backports.zstd")
+        except ImportError as exc:
+            raise missing_module("backports.zstd", cause=exc) from None
+
+
+def read_xz() -> Decompressor:
+    """xz, as barman-cloud-wal-archive writes WAL (base backups have no xz)."""
+    return _Stream("xz", lzma.LZMADecompressor(format=lzma.FORMAT_XZ))
 
 
 @dataclass(frozen=True)

@@ -316,7 +316,7 @@ class _Decompressed:
             self.stored_bytes += len(chunk)
             if self._checksum is not None:
                 self._checksum.update(chunk)
-            yield self._decompressor.feed(chunk)
+            yield from self._decompressor.feed(chunk)
         yield self._decompressor.finish()
 
     @property

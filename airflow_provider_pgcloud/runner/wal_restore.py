@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import lzma
 import os
 import posixpath
 import sys
@@ -31,14 +30,13 @@ import tempfile
 from dataclasses import dataclass
 
 from . import layout
-from .codecs import CODECS, Decompressor
+from .codecs import CODECS, Decompressor, read_xz
 from .errors import InputError, PgCloudError
 from .storage import ObjectStore
 
 log = logging.getLogger("pgcloud")
 
 READ_SIZE = 1 << 20  # bytes asked of the store at a time
-FEED_SIZE = 64 << 10  # bytes handed to the decompressor at a time
 
 
 class WalNotFound(PgCloudError):
@@ -60,35 +58,9 @@ class FetchedWal:
     written_bytes: int
 
 
-class _Xz:
-    """xz as barman-cloud-wal-archive writes it (one .xz stream), in codecs.py's Decompressor
-    shape. WAL only: base backups have no xz."""
-
-    def __init__(self) -> None:
-        self._d = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
-        self.trailing = 0
-
-    def feed(self, data: bytes | memoryview, /) -> bytes:
-        if self._d.eof:
-            self.trailing += len(data)
-            return b""
-        try:
-            out = self._d.decompress(data)
-        except lzma.LZMAError as exc:
-            raise ValueError(f"corrupt xz data: {exc}") from None
-        if self._d.eof:
-            self.trailing += len(self._d.unused_data)
-        return out
-
-    def finish(self) -> bytes:
-        if not self._d.eof:
-            raise ValueError("the compressed stream ends early")
-        return b""
-
-
 def _decompressor(compression: str | None) -> Decompressor:
     if compression == "xz":
-        return _Xz()
+        return read_xz()
     return CODECS[compression or "none"].decompressor()
 
 
@@ -139,9 +111,7 @@ def restore_wal(store: ObjectStore, server_name: str, name: str, destination: st
             try:
                 for chunk in store.iter_object(key, READ_SIZE):
                     stored += len(chunk)
-                    view = memoryview(chunk)
-                    for start in range(0, len(chunk), FEED_SIZE):
-                        data = decompressor.feed(bytes(view[start:start + FEED_SIZE]))
+                    for data in decompressor.feed(chunk):
                         out.write(data)
                         written += len(data)
                 tail = decompressor.finish()

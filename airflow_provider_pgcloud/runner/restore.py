@@ -503,12 +503,21 @@ def _init_worker(level: int, cancelled: Any) -> None:
     exit_with_parent()  # a SIGKILLed restore must not leave workers writing
 
 
-def _object_worker(config: dict[str, Any], job: dict[str, Any]) -> dict[str, int]:
+def _worker_store(config: dict[str, Any]) -> ObjectStore:
     global _store
     store_config = StoreConfig.from_dict(config)
     if _store is None or _store[0] != store_config:
         _store = (store_config, open_store(store_config))
-    return restore_object(_store[1], _Job(**job), _cancelled)
+    return _store[1]
+
+
+def _warm_up(config: dict[str, Any]) -> None:
+    """Open the worker's store (importing the SDK) while the parent still plans."""
+    _worker_store(config)
+
+
+def _object_worker(config: dict[str, Any], job: dict[str, Any]) -> dict[str, int]:
+    return restore_object(_worker_store(config), _Job(**job), _cancelled)
 
 
 # --- the whole restore -----------------------------------------------------------------------
@@ -520,26 +529,45 @@ def restore_backup(
 ) -> RestoreReport:
     """Restore one backup into `destination` (see the module doc).
 
-    Workers are processes that open their own store from `config` and the environment; a
-    caller that brings a `store` (with credentials a spawned process cannot inherit, such as
-    an Airflow connection's) gets threads sharing it.
+    Objects are restored `jobs` at once (at most one per core), largest first: by this process,
+    in a thread, and by `jobs - 1` spawned worker processes that open their own store from
+    `config` and the environment. The workers are started first, so that their interpreters
+    start and import the SDK while this process reads the catalog. A caller that brings a
+    `store` (with credentials a spawned process cannot inherit, such as an Airflow
+    connection's) gets threads sharing it instead; otherwise the store is checked first (exit
+    2 unreachable, 1 no bucket).
     """
     started = dt.datetime.now()
-    shared = store
-    store = store or open_store(config)
+    shared = store is not None
+    own = store or open_store(config)
+    pool: ProcessPoolExecutor | None = None
+    cancelled: Any = threading.Event()
+    extra = 0 if shared else worker_processes(jobs) - 1
     try:
-        return _restore(config, store, shared, server_name, backup_id,
+        if not shared:
+            own.check()
+            if extra > 0:
+                context = multiprocessing.get_context("spawn")
+                cancelled = context.Event()
+                pool = ProcessPoolExecutor(max_workers=extra, mp_context=context,
+                                           initializer=_init_worker,
+                                           initargs=(logging.getLogger().level, cancelled))
+                for _ in range(extra):
+                    pool.submit(_warm_up, config.to_dict())
+        return _restore(config, own, shared, (pool, extra), cancelled, server_name, backup_id,
                         os.path.abspath(destination), dict(tablespaces or {}), jobs, recovery,
                         started)
     finally:
-        if shared is None:
-            store.close()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if not shared:
+            own.close()
 
 
-def _restore(config: StoreConfig, store: ObjectStore, shared: ObjectStore | None,
-             server_name: str, backup_id: str, destination: str, relocate: dict[str, str],
-             jobs: int, recovery: RecoverySettings | None, started: dt.datetime
-             ) -> RestoreReport:
+def _restore(config: StoreConfig, store: ObjectStore, shared: bool,
+             pool: tuple[ProcessPoolExecutor | None, int], cancelled: Any, server_name: str,
+             backup_id: str, destination: str, relocate: dict[str, str], jobs: int,
+             recovery: RecoverySettings | None, started: dt.datetime) -> RestoreReport:
     _empty_or_missing(destination, "the recovery directory")
     backup_id = resolve_backup_id(store, server_name, backup_id)
     prefix = layout.backup_prefix(store.base_path, server_name, backup_id)
@@ -559,37 +587,22 @@ def _restore(config: StoreConfig, store: ObjectStore, shared: ObjectStore | None
     total = sum(job.size for job in plan)
     log.info("restoring backup %s of %s: %d archive objects, %s stored, %d at once",
              backup_id, server_name, len(plan), format_size(total), jobs)
-    counts = _run_jobs(config, shared, plan, jobs)
+    counts = _run_jobs(config, store, shared, pool, cancelled, plan, jobs)
     _finish(destination, tablespaces, info, recovery)
     seconds = (dt.datetime.now() - started).total_seconds()
     return RestoreReport(backup_id, len(plan), counts.files, counts.bytes, counts.stored,
                          seconds, checked)
 
 
-def _run_jobs(config: StoreConfig, shared: ObjectStore | None, plan: list[_Job],
-              jobs: int) -> _Counts:
-    """Restore every object, `jobs` at once (at most one per core), largest first.
-
-    This process restores objects too, in a thread, beside `jobs - 1` spawned worker processes:
-    it would otherwise only wait, and each process costs an interpreter with the SDK loaded
-    (start-up time, and ~70 MB of the memory budget). With one job nothing is spawned. A caller
-    that brings its own `store` gets threads only (the codecs release the GIL).
-    """
-    workers = max(1, min(worker_processes(jobs), len(plan)))
-    cancelled: Any = threading.Event()
-    local = ThreadPoolExecutor(max_workers=1 if shared is None else workers,
-                               thread_name_prefix="restore")
-    pool: ProcessPoolExecutor | None = None
-    store = shared
-    if shared is None:
-        store = open_store(config)
-        if workers > 1:
-            context = multiprocessing.get_context("spawn")
-            cancelled = context.Event()
-            pool = ProcessPoolExecutor(max_workers=workers - 1, mp_context=context,
-                                       initializer=_init_worker,
-                                       initargs=(logging.getLogger().level, cancelled))
-    assert store is not None
+def _run_jobs(config: StoreConfig, store: ObjectStore, shared: bool,
+              workers: tuple[ProcessPoolExecutor | None, int], cancelled: Any,
+              plan: list[_Job], jobs: int) -> _Counts:
+    """Restore every object, largest first: one at a time in a thread of this process (which
+    would otherwise only wait) and one in each worker process; with a shared store, `jobs`
+    threads (the codecs release the GIL)."""
+    local_slots = min(worker_processes(jobs), len(plan)) if shared else 1
+    local = ThreadPoolExecutor(max_workers=max(1, local_slots), thread_name_prefix="restore")
+    pool, remote_slots = workers
     payload = config.to_dict()
     queue = collections.deque(plan)  # largest first
     counts = _Counts()
@@ -598,11 +611,10 @@ def _run_jobs(config: StoreConfig, shared: ObjectStore | None, plan: list[_Job],
 
     def fill() -> None:
         in_pool = sum(1 for _, remote in running.values() if remote)
-        while queue and pool is not None and in_pool < workers - 1:
+        while queue and pool is not None and in_pool < remote_slots:
             job = queue.popleft()
             running[pool.submit(_object_worker, payload, job.to_dict())] = (job, True)
             in_pool += 1
-        local_slots = (1 if pool is not None or shared is None else workers)
         while queue and sum(1 for _, remote in running.values() if not remote) < local_slots:
             job = queue.popleft()
             running[local.submit(restore_object, store, job, cancelled)] = (job, False)
@@ -627,10 +639,6 @@ def _run_jobs(config: StoreConfig, shared: ObjectStore | None, plan: list[_Job],
         raise
     finally:
         local.shutdown(wait=True)
-        if pool is not None:
-            pool.shutdown(wait=True)
-        if shared is None:
-            store.close()
     return counts
 
 

@@ -19,7 +19,6 @@ from ..errors import InputError
 from ..restore import TARGET_ACTIONS, RecoverySettings, restore_backup
 from ..storage import StoreConfig
 from .common import (
-    checked_store,
     positive,
     run_main,
     store_arguments,
@@ -119,8 +118,6 @@ def run(args: argparse.Namespace) -> int:
     tablespaces = dict(args.tablespace)
     if len(tablespaces) != len(args.tablespace):
         raise InputError("--tablespace: a tablespace is named twice")
-    with checked_store(config):
-        pass  # exit 2 (unreachable) or 1 (no bucket) before anything is written
     report = restore_backup(config, args.server_name, args.backup_id, args.recovery_dir,
                             tablespaces=tablespaces, jobs=args.jobs, recovery=recovery)
     log.info("%s", report.summary())

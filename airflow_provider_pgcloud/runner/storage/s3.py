@@ -180,7 +180,7 @@ class S3Store:
         # parts: one attempt per call (the engine retries them), bodies not hashed for SigV4
         self._part_options = {**options, "retries": {"mode": "standard", "total_max_attempts": 1}}
         self._checksums = True
-        self._part_client: Any = self._new_part_client()
+        self._made_part_client: Any = None  # the part client, made on the first multipart upload
         self._fallback_lock = threading.Lock()
         self._extra: dict[str, Any] = {}
         if config.encryption:
@@ -245,6 +245,16 @@ class S3Store:
         return {"ObjectLockMode": "COMPLIANCE" if self._config.compliance_lock else "GOVERNANCE",
                 "ObjectLockRetainUntilDate": until}
 
+    @property
+    def _part_client(self) -> Any:
+        """The client for parts: made when first needed (a restore or a delete never needs
+        it, and each boto3 client costs tens of milliseconds to make)."""
+        if self._made_part_client is None:
+            with self._fallback_lock:
+                if self._made_part_client is None:
+                    self._made_part_client = self._new_part_client()
+        return self._made_part_client
+
     def _new_part_client(self) -> Any:
         options = {**self._part_options, "s3": {"payload_signing_enabled": not self._checksums}}
         return self._session.client(
@@ -275,7 +285,7 @@ class S3Store:
                         "SigV4-signed payloads without checksums instead",
                         error.get("Code"), error.get("Message"))
             self._checksums = False
-            self._part_client = self._new_part_client()
+            self._made_part_client = self._new_part_client()
 
     def put(self, key: str, data: bytes, *, lock: bool = False) -> None:
         locked = self._lock_arguments(lock)
@@ -377,4 +387,5 @@ class S3Store:
 
     def close(self) -> None:
         self._client.close()
-        self._part_client.close()
+        if self._made_part_client is not None:
+            self._made_part_client.close()

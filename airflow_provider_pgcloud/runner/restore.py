@@ -539,28 +539,29 @@ def restore_backup(
     """
     started = dt.datetime.now()
     shared = store is not None
-    own = store or open_store(config)
     pool: ProcessPoolExecutor | None = None
     cancelled: Any = threading.Event()
     extra = 0 if shared else worker_processes(jobs) - 1
+    if extra > 0:
+        context = multiprocessing.get_context("spawn")
+        cancelled = context.Event()
+        pool = ProcessPoolExecutor(max_workers=extra, mp_context=context,
+                                   initializer=_init_worker,
+                                   initargs=(logging.getLogger().level, cancelled))
+        for _ in range(extra):
+            pool.submit(_warm_up, config.to_dict())
+    own = store
     try:
-        if not shared:
+        if own is None:
+            own = open_store(config)
             own.check()
-            if extra > 0:
-                context = multiprocessing.get_context("spawn")
-                cancelled = context.Event()
-                pool = ProcessPoolExecutor(max_workers=extra, mp_context=context,
-                                           initializer=_init_worker,
-                                           initargs=(logging.getLogger().level, cancelled))
-                for _ in range(extra):
-                    pool.submit(_warm_up, config.to_dict())
         return _restore(config, own, shared, (pool, extra), cancelled, server_name, backup_id,
                         os.path.abspath(destination), dict(tablespaces or {}), jobs, recovery,
                         started)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-        if not shared:
+        if not shared and own is not None:
             own.close()
 
 

@@ -14,7 +14,7 @@ lint: install
 	$(VENV)/bin/mypy tests scripts/demo.py benchmarks
 
 test: install lint
-	$(VENV)/bin/pytest -q tests
+	$(VENV)/bin/pytest -q --durations=30 tests
 
 demo: install
 	$(VENV)/bin/python scripts/demo.py

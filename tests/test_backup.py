@@ -14,6 +14,7 @@ import uuid
 
 import pytest
 
+from airflow_provider_pgcloud.runner.cpu import usable_cores
 from tests.rig.barman import backup_list
 from tests.rig.pgcluster import PgCluster
 from tests.rig.s3server import S3Server
@@ -80,6 +81,26 @@ def test_other_postgres_majors(major, s3, bucket, pg_cluster_factory, restore_an
 def _members(s3: S3Server, bucket: str, key: str) -> list[tarfile.TarInfo]:
     with tarfile.open(fileobj=io.BytesIO(s3.get_object(bucket, key))) as tar:
         return tar.getmembers()
+
+
+def test_a_table_that_outweighs_the_rest_is_compressed_on_every_core(
+        s3, pg, bucket, restore_and_check):
+    """A relation file is never split across archives, so a table holding most of the work
+    makes its chunk the critical path. That chunk's single stream (one gzip member, one zstd
+    frame) is then compressed by more than one thread, and Barman restores it."""
+    pg.execute("CREATE TABLE hashes AS SELECT md5(i::text) || md5((-i)::text) AS h"
+               " FROM generate_series(1, 600000) i", dbname="app")
+    for codec in ("gzip", "zstd"):
+        url = f"s3://{bucket}/{codec}"
+        result = run_runner(*FLAGS[codec], "-J", "2", "--immediate-checkpoint", url, "pg",
+                            s3=s3, pg=pg)
+        assert result.returncode == 0, result.stderr
+        threads = [int(n) for n in re.findall(r"stored as \S+ \([^)]*, compressed by (\d+) "
+                                              r"threads\)", result.stderr)]
+        if usable_cores() > 1:
+            assert len(threads) == 1 and threads[0] > 1, result.stderr
+        write_after_backup(pg)
+        restore_and_check(url, "pg", "latest", pg)
 
 
 def test_archives_stay_under_max_archive_size_and_feed_every_job(s3, pg, bucket):

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
-from .cpu import worker_processes
+from .cpu import usable_cores, worker_processes
 from .layout import archive_stem
 from .sources.local import ArchiveRoot, walk
 from .workload import Workload
@@ -27,6 +27,11 @@ class Chunk:
     last: str
     planned_bytes: int
     files: int
+    threads: int = 0
+    """Compression threads for this chunk's single stream (0: the backup's default). More
+    than one when the chunk alone is more work than one core's share of the backup: a large
+    file cannot be split, so its chunk is the critical path, and the cores the other chunks
+    leave idle at the end compress it too (codecs.py: zstd and gzip can)."""
 
     @property
     def name(self) -> str:
@@ -97,6 +102,17 @@ def plan_chunks(roots: Sequence[ArchiveRoot], jobs: int, max_archive_size: int,
             planned.append((work, Chunk(root.archive, index, first, last, size, files)))
         elif not index:  # an empty tablespace still gets its (empty) main archive
             planned.append((0, Chunk(root.archive, 0, "\x00", "\x00", 0, 0)))
-    return [chunk for _, chunk in sorted(planned, key=lambda item: -item[0])]
+    share = workload.total / usable_cores()  # one core's part of the whole backup
+    return [replace(chunk, threads=critical_path_threads(work, share))
+            for work, chunk in sorted(planned, key=lambda item: -item[0])]
+
+
+def critical_path_threads(work: float, share: float) -> int:
+    """Threads for a chunk of `work` when each core's fair part is `share`: as many cores as
+    it would take to finish it within that part (0, the default, when one is enough)."""
+    if share <= 0:
+        return 0
+    threads = min(usable_cores(), math.ceil(work / share))
+    return threads if threads > 1 else 0
 
 

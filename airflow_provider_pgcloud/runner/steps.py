@@ -291,13 +291,15 @@ def upload_chunk(
             tar.add(member)
             progress.advance(tar.raw_bytes - before)
 
+    threads = max(chunk.threads, compression_threads(state.jobs))
     raw_bytes, stored_bytes = store_archive(
-        state, store, key, fill, planned_bytes=chunk.planned_bytes,
-        threads=compression_threads(state.jobs), max_in_flight=parts_in_flight(state.jobs),
-        throttle=throttle, cancelled=cancelled,
+        state, store, key, fill, planned_bytes=chunk.planned_bytes, threads=threads,
+        max_in_flight=parts_in_flight(state.jobs), throttle=throttle, cancelled=cancelled,
     )
-    log.info("%s stored as %s (%s): %s", chunk.name, layout.archive_name(key),
-             format_size(stored_bytes), progress.summary())
+    parallel = (f", compressed by {threads} threads"
+                if threads > 1 and get_codec(state.compression).threaded else "")
+    log.info("%s stored as %s (%s%s): %s", chunk.name, layout.archive_name(key),
+             format_size(stored_bytes), parallel, progress.summary())
     return ChunkResult(chunk.name, key, raw_bytes, stored_bytes, progress.seconds)
 
 

@@ -11,6 +11,12 @@ Three kinds of data, because each stresses a different part of a backup:
 Sizes are in MiB of what a base backup reads (PGDATA without WAL, plus the rig's tablespace):
 two small tables per MiB (about 1/8 of the size), then about 60% of the rest to pgbench and 40%
 to the text table.
+
+Shapes (`shape=`):
+- `standard`: the above.
+- `large-relation`: 45% of the size is one table of hex hashes (two md5s a row), which
+  compresses about 2:1, like tables of hashes, UUIDs or JSON; the standard mix fills the rest.
+  Its relation file, up to 1 GiB, cannot be split across archives: the critical path.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ from tests.rig.pgcluster import PgCluster, init_cluster
 from tests.rig.tools import as_postgres, make_workdir
 
 MIB = 1 << 20
+SHAPES = ("standard", "large-relation")
+HASH_ROW_BYTES = 97  # heap bytes per row of `hashes`: 64 hex characters and the tuple header
+LARGE_RELATION_SHARE = 0.45
 PGBENCH_MIB_PER_SCALE = 15.0  # pgbench_accounts + its index, measured on PostgreSQL 15
 TEXT_ROW_BYTES = 600  # heap + pkey bytes per row of `notes`
 SMALL_TABLE_MIB = 1 / 16  # one small table with its index and TOAST table
@@ -43,16 +52,23 @@ class ClusterPlan:
     pgbench_scale: int
     text_rows: int
     small_tables: int
+    hash_rows: int = 0
+    shape: str = "standard"
 
     @classmethod
-    def for_size(cls, target_mib: int) -> ClusterPlan:
+    def for_size(cls, target_mib: int, shape: str = "standard") -> ClusterPlan:
+        if shape not in SHAPES:
+            raise ValueError(f"unknown cluster shape {shape!r}; choose one of {SHAPES}")
+        hash_mib = target_mib * LARGE_RELATION_SHARE if shape == "large-relation" else 0
+        mixed = target_mib - hash_mib
         # two small tables per MiB (~64 KiB and 5-6 files each: heap, fsm, vm, pkey, TOAST
         # heap and index), so a 1 GiB cluster has ~2,000 of them and ~10,000 files in all
-        small = max(50, target_mib * 2)
-        rest = max(0.0, target_mib - small * SMALL_TABLE_MIB - BASE_MIB)
+        small = max(50, int(mixed * 2))
+        rest = max(0.0, mixed - small * SMALL_TABLE_MIB - BASE_MIB)
         scale = round(rest * 0.62 / PGBENCH_MIB_PER_SCALE)  # 0: no pgbench set (tiny runs)
         text_rows = max(1000, int(rest * 0.38 * MIB / TEXT_ROW_BYTES))
-        return cls(target_mib, scale, text_rows, small)
+        hash_rows = int(hash_mib * MIB / HASH_ROW_BYTES)
+        return cls(target_mib, scale, text_rows, small, hash_rows, shape)
 
 
 def _vocabulary(rng: random.Random, size: int = 5000) -> list[str]:
@@ -122,13 +138,13 @@ def _pgbench(pg: PgCluster, scale: int) -> None:
 
 
 def build_cluster(
-    target_mib: int, log: Callable[[str], None] = print
+    target_mib: int, log: Callable[[str], None] = print, shape: str = "standard",
 ) -> tuple[PgCluster, ClusterPlan]:
-    """initdb, load the three kinds of data, VACUUM and CHECKPOINT; the cluster is running.
+    """initdb, load the data of `shape`, VACUUM and CHECKPOINT; the cluster is running.
 
     The caller stops it (`cluster.stop()` also removes its work directory).
     """
-    plan = ClusterPlan.for_size(target_mib)
+    plan = ClusterPlan.for_size(target_mib, shape)
     started = time.monotonic()
     pg = init_cluster(make_workdir("bench-pg"), 15, tablespace=True,
                       remove_workdir_on_stop=True)
@@ -138,6 +154,10 @@ def build_cluster(
         if plan.pgbench_scale:
             log(f"loading pgbench -s {plan.pgbench_scale}")
             _pgbench(pg, plan.pgbench_scale)
+        if plan.hash_rows:
+            log(f"loading {plan.hash_rows} rows of hex hashes (one large relation)")
+            pg.execute("CREATE TABLE hashes AS SELECT md5(i::text) || md5((-i)::text) AS h"
+                       f" FROM generate_series(1, {plan.hash_rows}) i", dbname="app")
         log(f"loading {plan.text_rows} rows of random text")
         _load_text(pg, plan.text_rows)
         log(f"creating {plan.small_tables} small tables")

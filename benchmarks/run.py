@@ -1,6 +1,7 @@
 """Benchmark: this runner against barman-cloud-backup 3.20 and the raw limits, on one cluster.
 
-    python -m benchmarks.run [--size-mib 1024] [--codecs none,gzip,...] [--jobs 1,2,4]
+    python -m benchmarks.run [--size-mib 1024] [--shape standard|large-relation]
+                             [--codecs none,gzip,...] [--jobs 1,2,4]
                              [--no-barman] [--no-limits] [--no-streaming] [--repeat N]
                              [--out DIR]
 
@@ -32,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.cluster import build_cluster, data_size
+from benchmarks.cluster import SHAPES, build_cluster, data_size
 from benchmarks.dag import Airflow
 from benchmarks.measure import Measured, load_average, run_measured
 from tests.rig.barman import barman_env
@@ -689,6 +690,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mib", type=int, default=1024,
                         help="approximate cluster size in MiB (default 1024)")
+    parser.add_argument("--shape", choices=SHAPES, default="standard",
+                        help="cluster shape (benchmarks/cluster.py): standard or large-relation")
     parser.add_argument("--codecs", type=_csv(str), default=list(CODECS),
                         help=f"comma-separated subset of {','.join(CODECS)}")
     parser.add_argument("--jobs", type=_csv(int), default=list(JOBS),
@@ -763,7 +766,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     airflow: Airflow | None = None
     try:
         log(f"building a cluster of about {args.size_mib} MiB")
-        pg, plan = build_cluster(args.size_mib, log)
+        pg, plan = build_cluster(args.size_mib, log, args.shape)
         raw_bytes, files = data_size(pg)
         results.cluster = {**asdict(plan), "bytes": raw_bytes, "files": files}
         log(f"cluster: {raw_bytes / MB:.0f} MB in {files} files")

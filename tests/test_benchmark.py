@@ -69,9 +69,11 @@ def test_benchmark_with_barman_and_limits(tmp_path: Path) -> None:
 @pytest.mark.timeout(TIMEOUT_S + 60)
 def test_benchmark_without_barman_with_dag(tmp_path: Path) -> None:
     """--dag: the example DAG under a real scheduler (LocalExecutor) beside the runner (and
-    --no-streaming leaves the streaming source and pg_basebackup out)."""
+    --no-streaming leaves the streaming source and pg_basebackup out), on the cluster shape
+    whose largest relation is most of it."""
     data = _bench(tmp_path, "--codecs", "none", "--no-barman", "--no-limits", "--no-streaming",
-                  "--dag")
+                  "--dag", "--shape", "large-relation")
+    assert data["cluster"]["shape"] == "large-relation" and data["cluster"]["hash_rows"] > 0
     runs = data["runs"]
     assert sorted((run["tool"], run["codec"], run["jobs"], run["ok"]) for run in runs) == [
         ("dag", "none", 1, True), ("runner", "none", 1, True),

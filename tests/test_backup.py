@@ -15,6 +15,8 @@ import uuid
 import pytest
 
 from airflow_provider_pgcloud.runner.cpu import usable_cores
+from airflow_provider_pgcloud.runner.storage import StoreConfig, open_store
+from airflow_provider_pgcloud.runner.verify import verify_backup
 from tests.rig.barman import backup_list
 from tests.rig.pgcluster import PgCluster
 from tests.rig.s3server import S3Server
@@ -101,6 +103,34 @@ def test_a_table_that_outweighs_the_rest_is_compressed_on_every_core(
             assert len(threads) == 1 and threads[0] > 1, result.stderr
         write_after_backup(pg)
         restore_and_check(url, "pg", "latest", pg)
+
+
+def test_a_manifest_larger_than_a_part_is_written_as_the_archive_grows(
+        s3, pg, bucket, monkeypatch):
+    """60,000 files in one chunk make a manifest over S3's 5 MiB part: it goes up in parts
+    while the archive is written (not held until the end), and verify reads every entry."""
+    many = pg.pgdata / "pgcloud_many_files"
+    many.mkdir()
+    for n in range(60_000):
+        (many / f"{n:05d}").touch()
+    url = f"s3://{bucket}/many"
+    result = run_runner("-J", "1", "--immediate-checkpoint", url, "pg", s3=s3, pg=pg)
+    assert result.returncode == 0, result.stderr
+    manifests = s3.list_objects(bucket, "many/pg/pgcloud/")
+    largest = max(manifests, key=manifests.__getitem__)
+    assert manifests[largest] > 5 << 20, manifests
+    # uploaded in parts as the archive grew (a multipart ETag ends in -<parts>)
+    etag = s3.client().head_object(Bucket=bucket, Key=largest)["ETag"]
+    assert re.search(r"-\d+\"?$", etag), etag
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    store = open_store(StoreConfig(url, endpoint_url=s3.endpoint_url))
+    try:
+        [backup_id] = backup_ids(s3, bucket, "many/")
+        report = verify_backup(store, "pg", backup_id)
+    finally:
+        store.close()
+    assert report.files > 60_000
 
 
 def test_archives_stay_under_max_archive_size_and_feed_every_job(s3, pg, bucket):

@@ -27,8 +27,10 @@ Archive manifest (JSON):
                 "size": 8192, "checksum": "<hex>"},
                {"path": "base", "type": "dir", "mode": 448, "mtime": ...},
                {"path": "x", "type": "symlink", "target": "/elsewhere", ...}, ...]}
-Members are in archive order. `checksum` is CRC32C (as PostgreSQL's backup_manifest uses by
-default; hex of the big-endian value) when the CPU has CRC32C instructions (the `crc32c`
+Members are in archive order. The document is written out as the archive grows
+(`ArchiveManifestWriter`): the keys known only at the end come after "members".
+`checksum` is CRC32C (as PostgreSQL's backup_manifest uses by default; hex of the big-endian
+value) when the CPU has CRC32C instructions (the `crc32c`
 package uses them), else SHA-256; the manifest says which. It covers exactly the bytes
 archived for the file (a file that shrank while it was read is archived zero-padded, one that
 grew is cut at its header size).
@@ -111,7 +113,10 @@ class ManifestTarWriter(TarWriter):
     """
 
     def __init__(self, compressor: Compressor, sink: Callable[[bytes], None],
-                 algorithm: str | None = None) -> None:
+                 algorithm: str | None = None,
+                 record: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """`record` gets each member's entry once it is complete, in archive order (a file's
+        after its data, with its checksum); without it they are kept in `entries`."""
         self.algorithm = algorithm or default_algorithm()
         self._stored = new_checksum(self.algorithm)  # of the compressed bytes, as stored
 
@@ -121,6 +126,7 @@ class ManifestTarWriter(TarWriter):
 
         super().__init__(compressor, checksummed)
         self.entries: list[dict[str, Any]] = []
+        self._record = record or self.entries.append
         self._checksum: Checksum | None = None
         self._remaining = 0
         self._current: dict[str, Any] = {}
@@ -138,7 +144,8 @@ class ManifestTarWriter(TarWriter):
                 new_checksum(self.algorithm), size, entry)
             if not size:
                 self._finish_file()
-        self.entries.append(entry)
+            return  # recorded when its data is complete
+        self._record(entry)
 
     def _write(self, data: bytes) -> None:
         super()._write(data)
@@ -157,37 +164,64 @@ class ManifestTarWriter(TarWriter):
     def _finish_file(self) -> None:
         assert self._checksum is not None
         self._current["checksum"] = self._checksum.hexdigest()
+        self._record(self._current)
         self._checksum, self._current = None, {}
 
     def add_bytes(self, name: str, data: bytes, mode: int = 0o600) -> None:
         super().add_bytes(name, data, mode)
         checksum = new_checksum(self.algorithm)
         checksum.update(data)
-        self.entries.append({"path": name, "type": "file", "mode": mode, "size": len(data),
-                             "checksum": checksum.hexdigest()})
+        self._record({"path": name, "type": "file", "mode": mode, "size": len(data),
+                      "checksum": checksum.hexdigest()})
 
 
-def store_archive_manifest(
-    store: ObjectStore, backup_prefix: str, key: str, compression: str | None,
-    tar: ManifestTarWriter, stored_bytes: int,
-) -> str:
-    """Write the manifest of the archive object `key` (already stored); return its key."""
-    archive = posixpath.basename(key)
-    document = {
-        "format": FORMAT_ARCHIVE,
-        "version": VERSION,
-        "backup_id": posixpath.basename(backup_prefix),
-        "archive": archive,
-        "compression": compression,
-        "checksum_algorithm": tar.algorithm,
-        "stored_bytes": stored_bytes,
-        "stored_checksum": tar.stored_checksum,
-        "tar_bytes": tar.raw_bytes,
-        "members": tar.entries,
-    }
-    manifest_key = archive_manifest_key(backup_prefix, archive)
-    store.put(manifest_key, json.dumps(document, separators=(",", ":")).encode(), lock=True)
-    return manifest_key
+class ArchiveManifestWriter:
+    """The manifest of one archive object, written out as the archive grows.
+
+    Entries are serialised as they complete and sent through a PartWriter of the store's
+    smallest part size, so a chunk of a million small files holds a few MiB of manifest, not
+    a million entries, until its end. The figures known only at the end (stored size and
+    checksum, tar size) close the JSON object; its readers take the keys in any order. Call
+    `close` after the archive object is stored (a manifest names only a stored archive), or
+    `abort`.
+    """
+
+    def __init__(self, store: ObjectStore, backup_prefix: str, key: str,
+                 compression: str | None) -> None:
+        from .upload import PartWriter  # upload.py's sink; imported here to keep this light
+
+        self.algorithm = default_algorithm()  # the ManifestTarWriter's too
+        archive = posixpath.basename(key)
+        self.key = archive_manifest_key(backup_prefix, archive)
+        self._writer = PartWriter(store, self.key, store.min_part_size, max_in_flight=1,
+                                  lock=True)
+        head = {"format": FORMAT_ARCHIVE, "version": VERSION,
+                "backup_id": posixpath.basename(backup_prefix), "archive": archive,
+                "compression": compression, "checksum_algorithm": self.algorithm}
+        self._buffer = bytearray(json.dumps(head, separators=(",", ":"))[:-1].encode()
+                                 + b',"members":[')
+        self._first = True
+
+    def add(self, entry: dict[str, Any]) -> None:
+        if not self._first:
+            self._buffer += b","
+        self._first = False
+        self._buffer += json.dumps(entry, separators=(",", ":")).encode()
+        if len(self._buffer) >= 1 << 20:
+            self._writer.write(bytes(self._buffer))
+            self._buffer.clear()
+
+    def close(self, tar: ManifestTarWriter, stored_bytes: int) -> str:
+        tail = {"stored_bytes": stored_bytes, "stored_checksum": tar.stored_checksum,
+                "tar_bytes": tar.raw_bytes}
+        self._buffer += b"]," + json.dumps(tail, separators=(",", ":"))[1:].encode()
+        self._writer.write(bytes(self._buffer))
+        self._buffer.clear()
+        self._writer.close()
+        return self.key
+
+    def abort(self) -> None:
+        self._writer.abort()
 
 
 def seal_archives(store: ObjectStore, backup_prefix: str, archive_keys: list[str],

@@ -24,7 +24,11 @@ from . import layout
 from .codecs import compression_threads, get_codec
 from .errors import BackupFailed, first_line
 from .layout import DATA
-from .manifest import ManifestTarWriter, seal_archives, store_archive_manifest
+from .manifest import (
+    ArchiveManifestWriter,
+    ManifestTarWriter,
+    seal_archives,
+)
 from .plan import DEFAULT_MIN_ARCHIVE_SIZE, Chunk, plan_chunks
 from .postgres import ClusterInfo, StartPoint, StopPoint
 from .progress import Progress
@@ -252,16 +256,22 @@ def store_archive(
             raise BackupFailed("cancelled because another part of the backup failed")
         writer.write(data)
 
-    tar = ManifestTarWriter(get_codec(state.compression).new(threads), sink)
+    manifest = ArchiveManifestWriter(store, state.prefix, key, state.compression)
+    tar = ManifestTarWriter(get_codec(state.compression).new(threads), sink,
+                            manifest.algorithm, record=manifest.add)
     try:
         fill(tar)
         tar.close()
         writer.close()
     except BaseException:
         writer.abort()
+        manifest.abort()
         raise
-    store_archive_manifest(store, state.prefix, key, state.compression, tar,
-                           writer.bytes_written)
+    try:
+        manifest.close(tar, writer.bytes_written)
+    except BaseException:
+        manifest.abort()
+        raise
     return tar.raw_bytes, writer.bytes_written
 
 

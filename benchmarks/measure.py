@@ -28,27 +28,35 @@ class Measured:
     stderr: str
 
 
-def tree_rss(root: psutil.Process) -> int:
-    """RSS of `root` and its descendants right now (processes that exit meanwhile count 0)."""
-    total = 0
+def process_rss(root: psutil.Process) -> list[int]:
+    """RSS of `root` and of each of its descendants right now (those that exit meanwhile are
+    left out)."""
     try:
         procs = [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0
+        return []
+    sizes = []
     for proc in procs:
         with contextlib.suppress(psutil.Error):
-            total += proc.memory_info().rss
-    return total
+            sizes.append(proc.memory_info().rss)
+    return sizes
+
+
+def tree_rss(root: psutil.Process) -> int:
+    """RSS of `root` and its descendants right now."""
+    return sum(process_rss(root))
 
 
 class RssSampler:
-    """Polls a process tree in a background thread; `peak` is the largest sample seen."""
+    """Polls a process tree in a background thread; `peak` is the largest sum seen, `largest`
+    the largest single process."""
 
     def __init__(self, pid: int, interval: float = 0.1) -> None:
         self._root = psutil.Process(pid)
         self._interval = interval
         self._stop = threading.Event()
         self.peak = 0
+        self.largest = 0
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> RssSampler:
@@ -57,7 +65,9 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, tree_rss(self._root))
+            sizes = process_rss(self._root)
+            self.peak = max(self.peak, sum(sizes))
+            self.largest = max(self.largest, max(sizes, default=0))
             self._stop.wait(self._interval)
 
     def __exit__(self, *exc: object) -> None:

@@ -87,3 +87,23 @@ def test_benchmark_without_barman_with_dag(tmp_path: Path) -> None:
                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert again.returncode == 0, again.stderr
     assert "| none | 1 |" in again.stdout and "DAG s" in again.stdout
+
+
+@pytest.mark.timeout(TIMEOUT_S + 60)
+def test_many_files_benchmark(tmp_path: Path) -> None:
+    """benchmarks.files (the many-files shape): two counts, runner and Barman, with the tree's
+    and the largest process's peak RSS and a chart."""
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.files", "--counts", "500,1500", "--jobs", "2",
+         "--barman-up-to", "500", "--out", str(tmp_path)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=TIMEOUT_S, check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    [report] = tmp_path.glob("files-*.json")
+    assert report.with_suffix(".png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    runs = json.loads(report.read_text())["runs"]
+    assert [(run["tool"], run["ok"]) for run in runs] == [
+        ("runner", True), ("barman", True), ("runner", True)]
+    assert runs[2]["files"] - runs[0]["files"] == 1000
+    assert all(run["peak_rss"] >= run["largest_rss"] > 0 for run in runs)
+    assert "| runner | " in result.stdout

@@ -178,12 +178,12 @@ class ManifestTarWriter(TarWriter):
 class ArchiveManifestWriter:
     """The manifest of one archive object, written out as the archive grows.
 
-    Entries are serialised as they complete and sent through a PartWriter of the store's
-    smallest part size, so a chunk of a million small files holds a few MiB of manifest, not
-    a million entries, until its end. The figures known only at the end (stored size and
-    checksum, tar size) close the JSON object; its readers take the keys in any order. Call
-    `close` after the archive object is stored (a manifest names only a stored archive), or
-    `abort`.
+    Entries are serialised as they complete (BATCH at a time) and sent through a PartWriter
+    of the store's smallest part size, so a chunk of a million small files holds a few MiB of
+    manifest, not a million entries, until its end. The figures known only at the end
+    (stored size and checksum, tar size) close the JSON object; its readers take the keys in
+    any order. Call `close` after the archive object is stored (a manifest names only a
+    stored archive), or `abort`.
     """
 
     def __init__(self, store: ObjectStore, backup_prefix: str, key: str,
@@ -198,25 +198,31 @@ class ArchiveManifestWriter:
         head = {"format": FORMAT_ARCHIVE, "version": VERSION,
                 "backup_id": posixpath.basename(backup_prefix), "archive": archive,
                 "compression": compression, "checksum_algorithm": self.algorithm}
-        self._buffer = bytearray(json.dumps(head, separators=(",", ":"))[:-1].encode()
-                                 + b',"members":[')
+        self._writer.write(json.dumps(head, separators=(",", ":"))[:-1].encode()
+                           + b',"members":[')
+        self._entries: list[dict[str, Any]] = []
         self._first = True
 
+    BATCH = 4096
+    """Entries serialised together (one json.dumps call costs less per entry for many)."""
+
     def add(self, entry: dict[str, Any]) -> None:
-        if not self._first:
-            self._buffer += b","
-        self._first = False
-        self._buffer += json.dumps(entry, separators=(",", ":")).encode()
-        if len(self._buffer) >= 1 << 20:
-            self._writer.write(bytes(self._buffer))
-            self._buffer.clear()
+        self._entries.append(entry)
+        if len(self._entries) >= self.BATCH:
+            self._flush_entries()
+
+    def _flush_entries(self) -> None:
+        if self._entries:
+            text = json.dumps(self._entries, separators=(",", ":"))[1:-1]
+            self._writer.write((text if self._first else "," + text).encode())
+            self._first = False
+            self._entries.clear()
 
     def close(self, tar: ManifestTarWriter, stored_bytes: int) -> str:
+        self._flush_entries()
         tail = {"stored_bytes": stored_bytes, "stored_checksum": tar.stored_checksum,
                 "tar_bytes": tar.raw_bytes}
-        self._buffer += b"]," + json.dumps(tail, separators=(",", ":"))[1:].encode()
-        self._writer.write(bytes(self._buffer))
-        self._buffer.clear()
+        self._writer.write(b"]," + json.dumps(tail, separators=(",", ":"))[1:].encode())
         self._writer.close()
         return self.key
 

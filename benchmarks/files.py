@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import compileall
-import datetime as dt
 import json
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from benchmarks.measure import RssSampler
+from benchmarks.measure import RssSampler, exit_timed, write_results
 from benchmarks.run import (
     FLAGS,
     MB,
@@ -181,20 +180,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             pg.stop()
         s3.stop()
     print(table(runs))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
-    path = out / f"files-{counts[-1]}-{stamp}.json"
-    path.write_text(json.dumps({
-        "command": " ".join(["python -m benchmarks.files", *(argv or sys.argv[1:])]),
-        "started": stamp, "runs": [asdict(run) for run in runs]}, indent=1))
+    path = write_results(args.out, f"files-{counts[-1]}",
+                         " ".join(["python -m benchmarks.files", *(argv or sys.argv[1:])]),
+                         {"runs": [asdict(run) for run in runs]})
     chart(runs, path.with_suffix(".png"))
     log(f"wrote {path} and its chart")
     return 0 if all(run.ok for run in runs) else 1
 
 
 if __name__ == "__main__":
-    started = time.monotonic()
-    code = main()
-    log(f"done in {time.monotonic() - started:.0f}s")
-    sys.exit(code)
+    exit_timed(main, log)

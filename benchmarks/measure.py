@@ -9,12 +9,17 @@ process, so it overstates what the tree really holds: a conservative figure.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
 
 import psutil
 
@@ -107,3 +112,22 @@ def measure_in_process(func: Callable[[], int]) -> tuple[float, int, int]:
 def load_average() -> tuple[float, float, float]:
     """The 1, 5 and 15 minute load averages, as `uptime` prints them."""
     return os.getloadavg()
+
+
+def write_results(out: str | Path, stem: str, command: str, payload: dict[str, Any]) -> Path:
+    """Write a benchmark's runs as `<out>/<stem>-<UTC time>.json`, with the command that
+    produced them and when it started; returns the path."""
+    directory = Path(out)
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+    path = directory / f"{stem}-{stamp}.json"
+    path.write_text(json.dumps({"command": command, "started": stamp, **payload}, indent=1))
+    return path
+
+
+def exit_timed(main: Callable[[], int], log: Callable[[str], None]) -> NoReturn:
+    """Run a benchmark's `main`, log how long it took and exit with its code."""
+    started = time.monotonic()
+    code = main()
+    log(f"done in {time.monotonic() - started:.0f}s")
+    sys.exit(code)

@@ -37,19 +37,17 @@ from __future__ import annotations
 
 import argparse
 import compileall
-import datetime as dt
 import json
 import os
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from benchmarks.cluster import build_cluster, data_size
-from benchmarks.measure import load_average, run_measured
+from benchmarks.measure import exit_timed, load_average, run_measured, write_results
 from benchmarks.run import FLAGS, MB, drop_bucket, fresh_bucket, log
 from tests.rig.barman import barman_env
 from tests.rig.pgcluster import PgCluster
@@ -272,21 +270,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         s3.stop()
     report = table(runs)
     print(report)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
-    path = out / f"restore-{data_bytes // MB}MB-{stamp}.json"
-    path.write_text(json.dumps({
-        "command": " ".join(["python -m benchmarks.restore", *(argv or sys.argv[1:])]),
-        "started": stamp, "data_bytes": data_bytes, "files": files,
-        "runs": [asdict(r) for r in runs]}, indent=1))
+    path = write_results(args.out, f"restore-{data_bytes // MB}MB",
+                         " ".join(["python -m benchmarks.restore", *(argv or sys.argv[1:])]),
+                         {"data_bytes": data_bytes, "files": files,
+                          "runs": [asdict(r) for r in runs]})
     log(f"wrote {path}")
     return 0 if all(r.ok for r in runs) else 1
 
 
 if __name__ == "__main__":
-    start = time.monotonic()
-    code = main()
-    log(f"done in {time.monotonic() - start:.0f}s")
-    sys.exit(code)
-
+    exit_timed(main, log)

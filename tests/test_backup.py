@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
 import tarfile
 import uuid
 
@@ -92,26 +93,30 @@ def test_a_table_that_outweighs_the_rest_is_compressed_on_every_core(
     frame) is then compressed by more than one thread, and Barman restores it."""
     pg.execute("CREATE TABLE hashes AS SELECT md5(i::text) || md5((-i)::text) AS h"
                " FROM generate_series(1, 600000) i", dbname="app")
-    for codec in ("gzip", "zstd"):
-        url = f"s3://{bucket}/{codec}"
-        result = run_runner(*FLAGS[codec], "-J", "2", "--immediate-checkpoint", url, "pg",
-                            s3=s3, pg=pg)
-        assert result.returncode == 0, result.stderr
-        threads = [int(n) for n in re.findall(r"stored as \S+ \([^)]*, compressed by (\d+) "
-                                              r"threads\)", result.stderr)]
-        if usable_cores() > 1:
-            assert len(threads) == 1 and threads[0] > 1, result.stderr
-        write_after_backup(pg)
-        restore_and_check(url, "pg", "latest", pg)
+    try:
+        for codec in ("gzip", "zstd"):
+            url = f"s3://{bucket}/{codec}"
+            result = run_runner(*FLAGS[codec], "-J", "2", "--immediate-checkpoint", url, "pg",
+                                s3=s3, pg=pg)
+            assert result.returncode == 0, result.stderr
+            threads = [int(n) for n in re.findall(
+                r"stored as \S+ \([^)]*, compressed by (\d+) threads\)", result.stderr)]
+            if usable_cores() > 1:
+                assert len(threads) == 1 and threads[0] > 1, result.stderr
+            write_after_backup(pg)
+            restore_and_check(url, "pg", "latest", pg)
+    finally:  # the session's cluster is shared: later tests must not back this table up
+        pg.execute("DROP TABLE hashes", dbname="app")
 
 
 def test_a_manifest_larger_than_a_part_is_written_as_the_archive_grows(
-        s3, pg, bucket, monkeypatch):
+        s3, pg, bucket, monkeypatch, request):
     """60,000 files with 200-character names make manifests of about 17 MB, over S3's 5 MiB
     part however the planner cuts them into chunks: each goes up in parts while its archive
     is written (not held until the end), and verify reads every entry."""
     many = pg.pgdata / "pgcloud_many_files"
     many.mkdir()
+    request.addfinalizer(lambda: shutil.rmtree(many))  # the session's cluster is shared
     for n in range(60_000):
         (many / f"{n:05d}{'-' * 195}").touch()
     url = f"s3://{bucket}/many"

@@ -452,14 +452,7 @@ def test_azure_writes_carry_a_blob_immutability_policy(
                                        f"{azure_container}/p", "azure-blob-storage",
                                        lock_days=3, lock_mode=mode))
         before = now()
-        try:
-            store.put("p/backup.info", b"status=STARTED\n")
-            store.put("p/data_0001.tar", b"small archive", lock=True)
-            writer = PartWriter(store, "p/data.tar", store.min_part_size, lock=True)
-            writer.write(b"x" * (store.min_part_size * 2 + 10))
-            writer.close()
-        finally:
-            store.close()
+        _write_a_backup(store)
     policies = {(name, comp): headers for name, comp, headers in seen}
     assert policies[("backup.info", "")] is None
     assert policies[("data.tar", "block")] is None
@@ -473,6 +466,19 @@ def test_azure_writes_carry_a_blob_immutability_policy(
         assert headers[1] == expected
     assert set(azurite.list_objects(azure_container)) == {
         "p/backup.info", "p/data_0001.tar", "p/data.tar"}
+
+
+def _write_a_backup(store: ObjectStore) -> None:
+    """What a locked backup writes, one of each, then closes the store: an unlocked
+    backup.info, a small locked archive (one request) and a locked one in parts."""
+    try:
+        store.put("p/backup.info", b"status=STARTED\n")
+        store.put("p/data_0001.tar", b"small archive", lock=True)
+        writer = PartWriter(store, "p/data.tar", store.min_part_size, lock=True)
+        writer.write(b"x" * (store.min_part_size * 2 + 10))
+        writer.close()
+    finally:
+        store.close()
 
 
 def _spy_on_gcs_uploads(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, Any]]:
@@ -502,14 +508,7 @@ def test_gcs_writes_carry_object_retention(
     store = open_store(StoreConfig(gcs_emulator.url(gcs_bucket, "p"), "google-cloud-storage",
                                    lock_days=3, lock_mode=mode))
     before = now()
-    try:
-        store.put("p/backup.info", b"status=STARTED\n")
-        store.put("p/data_0001.tar", b"small archive", lock=True)
-        writer = PartWriter(store, "p/data.tar", store.min_part_size, lock=True)
-        writer.write(b"x" * (store.min_part_size * 2 + 10))
-        writer.close()
-    finally:
-        store.close()
+    _write_a_backup(store)
     assert "retention" not in sent["p/backup.info"]
     for key in ("p/data_0001.tar", "p/data.tar"):
         retention = sent[key]["retention"]

@@ -62,6 +62,7 @@ from .codecs import Compressor
 from .errors import BackupFailed
 from .layout import archive_manifest_key, index_key, is_archive_name, manifest_root
 from .storage.base import ObjectStore
+from .upload import PartWriter
 
 FORMAT_ARCHIVE = "pgcloud-archive-manifest"
 FORMAT_INDEX = "pgcloud-manifest"
@@ -188,8 +189,6 @@ class ArchiveManifestWriter:
 
     def __init__(self, store: ObjectStore, backup_prefix: str, key: str,
                  compression: str | None) -> None:
-        from .upload import PartWriter  # upload.py's sink; imported here to keep this light
-
         self.algorithm = default_algorithm()  # the ManifestTarWriter's too
         archive = posixpath.basename(key)
         self.key = archive_manifest_key(backup_prefix, archive)

@@ -90,11 +90,12 @@ def test_a_table_that_outweighs_the_rest_is_compressed_on_every_core(
         s3, pg, bucket, restore_and_check):
     """A relation file is never split across archives, so a table holding most of the work
     makes its chunk the critical path. That chunk's single stream (one gzip member, one zstd
-    frame) is then compressed by more than one thread, and Barman restores it."""
+    or lz4 frame, one bzip2 stream) is then compressed by more than one thread, and Barman
+    restores it."""
     pg.execute("CREATE TABLE hashes AS SELECT md5(i::text) || md5((-i)::text) AS h"
                " FROM generate_series(1, 600000) i", dbname="app")
     try:
-        for codec in ("gzip", "zstd"):
+        for codec in ("gzip", "zstd", "lz4", "bzip2"):
             url = f"s3://{bucket}/{codec}"
             result = run_runner(*FLAGS[codec], "-J", "2", "--immediate-checkpoint", url, "pg",
                                 s3=s3, pg=pg)

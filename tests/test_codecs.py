@@ -8,9 +8,9 @@ import bz2
 import random
 import zlib
 
-import lz4.frame
+import lz4.frame  # type: ignore[import-untyped]
 import pytest
-import snappy
+import snappy  # type: ignore[import-untyped]
 import zstandard
 
 from airflow_provider_pgcloud.runner.codecs import get_codec
@@ -37,8 +37,8 @@ def _cluster_like(size: int) -> bytes:
     """Bytes shaped like relation files: 8 kB pages of text rows, hex hashes and zeros."""
     rng = random.Random(7)
     words = [rng.randbytes(rng.randint(2, 9)).hex() for _ in range(500)]
-    pages = []
-    while sum(map(len, pages)) < size:
+    pages: list[bytes] = []
+    while sum(len(page) for page in pages) < size:
         text = " ".join(rng.choices(words, k=700)).encode()[:5000]
         pages.append(text + rng.randbytes(1000).hex().encode()[:2000] + bytes(8192 - 7000))
     return b"".join(pages)[:size]

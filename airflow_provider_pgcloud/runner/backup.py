@@ -9,17 +9,9 @@ database session alive and notices at once if it dies.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import threading
 from collections.abc import Callable
-from concurrent.futures import (
-    FIRST_COMPLETED,
-    Executor,
-    Future,
-    ProcessPoolExecutor,
-    ThreadPoolExecutor,
-    wait,
-)
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from functools import partial
 from types import SimpleNamespace
 from typing import Any
@@ -28,7 +20,7 @@ from .cleanup import clean_after_backup
 from .cpu import worker_processes
 from .phases import Phases, record_failure
 from .plan import Chunk
-from .progress import Progress, configure_logging
+from .progress import Progress
 from .session import BackupSession, LocalSession
 from .steps import (
     BackupOptions,
@@ -38,42 +30,17 @@ from .steps import (
     stop_backup,
     upload_chunk,
 )
-from .storage import ObjectStore, StoreConfig, open_store
+from .storage import ObjectStore, open_store
 from .upload import BandwidthLimit
-from .watch import exit_with_parent
+from .workers import Workers, worker_cancelled, worker_store, worker_throttle
 
 log = logging.getLogger("pgcloud")
-
-_cancelled: Any = None
-_throttle: BandwidthLimit | None = None
-_store: tuple[StoreConfig, ObjectStore] | None = None
-
-
-def _init_worker(level: int, cancelled: Any, bandwidth: tuple[int, Any, Any] | None) -> None:
-    global _cancelled, _throttle
-    _cancelled = cancelled
-    _throttle = BandwidthLimit(*bandwidth) if bandwidth else None
-    configure_logging(level)
-    exit_with_parent()  # a SIGKILLed runner must not leave workers uploading
-
-
-def _worker_store(config: StoreConfig) -> ObjectStore:
-    """The worker's store, opened on its first chunk and kept for the next ones: creating an
-    SDK client loads its service model, which costs more CPU than uploading a small chunk."""
-    global _store
-    if _store is None or _store[0] != config:
-        if _store is not None:
-            _store[1].close()
-        _store = (config, open_store(config))
-    return _store[1]
 
 
 def _chunk_worker(state: dict[str, Any], chunk: dict[str, Any]) -> dict[str, Any]:
     backup = BackupState.from_dict(state)
-    store = _worker_store(backup.store)
-    result = upload_chunk(
-        backup, Chunk.from_dict(chunk), store, throttle=_throttle, cancelled=_cancelled
-    )
+    result = upload_chunk(backup, Chunk.from_dict(chunk), worker_store(backup.store),
+                          throttle=worker_throttle(), cancelled=worker_cancelled())
     return result.to_dict()
 
 
@@ -87,11 +54,12 @@ def _chunk_thread(
 def upload_chunks(
     state: BackupState, jobs: int, session: BackupSession | None,
     store: ObjectStore | None = None, max_bandwidth: int | None = None,
-    keepalive_interval: float = 60,
+    keepalive_interval: float = 60, workers: Workers | None = None,
 ) -> list[ChunkResult]:
     """Upload every chunk with `jobs` workers; the first failure cancels the rest.
 
-    Workers are processes that open their own store from the environment; when the caller
+    Workers are processes that open their own store from the environment (`workers`, started
+    earlier by the caller, or started here; shut down at the end either way); when the caller
     passes a `store` (opened with credentials a spawned process cannot inherit, such as an
     Airflow connection's), they are threads sharing it (the codecs release the GIL).
     `max_bandwidth` (bytes/s) caps all workers together. `session` (None when no database
@@ -99,20 +67,14 @@ def upload_chunks(
     `keepalive_interval` seconds (0: only when a chunk completes), so a restarted server or a
     killed backup session fails the backup then rather than at the stop.
     """
-    workers = max(1, min(worker_processes(jobs), len(state.chunks)))  # <= one per core
+    count = max(1, min(worker_processes(jobs), len(state.chunks)))  # <= one per core
     cancelled: Any
     pool: Executor
     tasks: list[Callable[[], dict[str, Any]]]  # in plan order: most work first
     if store is None:
-        context = multiprocessing.get_context("spawn")
-        cancelled = context.Event()
-        bandwidth = (
-            (max_bandwidth, context.Value("d", 0.0), context.Lock()) if max_bandwidth else None
-        )
-        pool = ProcessPoolExecutor(
-            max_workers=workers, mp_context=context, initializer=_init_worker,
-            initargs=(logging.getLogger().level, cancelled, bandwidth),
-        )
+        if workers is None:
+            workers = Workers(count, state.store, max_bandwidth)
+        cancelled, pool = workers.cancelled, workers.pool
         payload = state.to_dict()
         tasks = [partial(_chunk_worker, payload, chunk.to_dict()) for chunk in state.chunks]
     else:
@@ -121,7 +83,7 @@ def upload_chunks(
             BandwidthLimit(max_bandwidth, SimpleNamespace(value=0.0), threading.Lock())
             if max_bandwidth else None
         )
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chunk")
+        pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="chunk")
         tasks = [
             partial(_chunk_thread, state, chunk, store, cancelled, throttle)
             for chunk in state.chunks
@@ -159,18 +121,29 @@ def run_backup(
     """
     session = session or LocalSession(options.conninfo)
     upload_store = store
-    store = store or open_store(options.store)
+    # the worker processes start first: they import and open their store while this one
+    # connects, checkpoints and plans (workers.py)
+    workers = None if store is not None else Workers(
+        worker_processes(options.jobs), options.store, options.max_bandwidth)
+    try:
+        store = store or open_store(options.store)
+    except BaseException:
+        if workers is not None:
+            workers.shutdown()
+        raise
     try:
         with Phases(record_failure(store, session)) as phases:
             phases.enter("starting the backup")
             state = phases.state = start_backup(options, session, store)
             phases.enter("uploading data")
             upload_chunks(state, options.jobs, session, upload_store, options.max_bandwidth,
-                          options.keepalive_interval)
+                          options.keepalive_interval, workers)
             phases.enter("stopping the backup")
             stop_backup(state, session, store)
         clean_after_backup(store, options.server_name, state.backup_id)
         return state.backup_id
     finally:
+        if workers is not None:
+            workers.shutdown()
         session.abort()
         store.close()

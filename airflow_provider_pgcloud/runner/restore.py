@@ -33,7 +33,6 @@ import datetime as dt
 import grp
 import json
 import logging
-import multiprocessing
 import os
 import posixpath
 import pwd
@@ -41,13 +40,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from concurrent.futures import (
-    FIRST_COMPLETED,
-    Future,
-    ProcessPoolExecutor,
-    ThreadPoolExecutor,
-    wait,
-)
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from functools import cache
 from typing import Any
@@ -59,11 +52,11 @@ from .codecs import CODECS, get_codec
 from .cpu import worker_processes
 from .errors import BackupFailed, InputError, first_line
 from .manifest import FORMAT_ARCHIVE, FORMAT_INDEX, Checksum, new_checksum
-from .progress import Progress, configure_logging
+from .progress import Progress
 from .sizes import format_size
 from .storage import ObjectStore, StoreConfig, open_store
 from .untar import Header, TarError, TarReader
-from .watch import exit_with_parent
+from .workers import Workers, worker_cancelled, worker_store
 
 log = logging.getLogger("pgcloud")
 
@@ -492,32 +485,9 @@ def _write_file(reader: TarReader, member: Header, path: str, want: dict[str, An
 
 # --- in worker processes -----------------------------------------------------------------------
 
-_cancelled: Any = None
-_store: tuple[StoreConfig, ObjectStore] | None = None
-
-
-def _init_worker(level: int, cancelled: Any) -> None:
-    global _cancelled
-    _cancelled = cancelled
-    configure_logging(level)
-    exit_with_parent()  # a SIGKILLed restore must not leave workers writing
-
-
-def _worker_store(config: dict[str, Any]) -> ObjectStore:
-    global _store
-    store_config = StoreConfig.from_dict(config)
-    if _store is None or _store[0] != store_config:
-        _store = (store_config, open_store(store_config))
-    return _store[1]
-
-
-def _warm_up(config: dict[str, Any]) -> None:
-    """Open the worker's store (importing the SDK) while the parent still plans."""
-    _worker_store(config)
-
-
 def _object_worker(config: dict[str, Any], job: dict[str, Any]) -> dict[str, int]:
-    return restore_object(_worker_store(config), _Job(**job), _cancelled)
+    return restore_object(worker_store(StoreConfig.from_dict(config)), _Job(**job),
+                          worker_cancelled())
 
 
 # --- the whole restore -----------------------------------------------------------------------
@@ -539,34 +509,26 @@ def restore_backup(
     """
     started = dt.datetime.now()
     shared = store is not None
-    pool: ProcessPoolExecutor | None = None
-    cancelled: Any = threading.Event()
     extra = 0 if shared else worker_processes(jobs) - 1
-    if extra > 0:
-        context = multiprocessing.get_context("spawn")
-        cancelled = context.Event()
-        pool = ProcessPoolExecutor(max_workers=extra, mp_context=context,
-                                   initializer=_init_worker,
-                                   initargs=(logging.getLogger().level, cancelled))
-        for _ in range(extra):
-            pool.submit(_warm_up, config.to_dict())
+    workers = Workers(extra, config) if extra > 0 else None  # started first: workers.py
+    cancelled: Any = workers.cancelled if workers is not None else threading.Event()
     own = store
     try:
         if own is None:
             own = open_store(config)
             own.check()
-        return _restore(config, own, shared, (pool, extra), cancelled, server_name, backup_id,
+        return _restore(config, own, shared, workers, cancelled, server_name, backup_id,
                         os.path.abspath(destination), dict(tablespaces or {}), jobs, recovery,
                         started)
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        if workers is not None:
+            workers.shutdown()
         if not shared and own is not None:
             own.close()
 
 
 def _restore(config: StoreConfig, store: ObjectStore, shared: bool,
-             pool: tuple[ProcessPoolExecutor | None, int], cancelled: Any, server_name: str,
+             workers: Workers | None, cancelled: Any, server_name: str,
              backup_id: str, destination: str, relocate: dict[str, str], jobs: int,
              recovery: RecoverySettings | None, started: dt.datetime) -> RestoreReport:
     _empty_or_missing(destination, "the recovery directory")
@@ -588,7 +550,7 @@ def _restore(config: StoreConfig, store: ObjectStore, shared: bool,
     total = sum(job.size for job in plan)
     log.info("restoring backup %s of %s: %d archive objects, %s stored, %d at once",
              backup_id, server_name, len(plan), format_size(total), jobs)
-    counts = _run_jobs(config, store, shared, pool, cancelled, plan, jobs)
+    counts = _run_jobs(config, store, shared, workers, cancelled, plan, jobs)
     _finish(destination, tablespaces, info, recovery)
     seconds = (dt.datetime.now() - started).total_seconds()
     return RestoreReport(backup_id, len(plan), counts.files, counts.bytes, counts.stored,
@@ -596,14 +558,15 @@ def _restore(config: StoreConfig, store: ObjectStore, shared: bool,
 
 
 def _run_jobs(config: StoreConfig, store: ObjectStore, shared: bool,
-              workers: tuple[ProcessPoolExecutor | None, int], cancelled: Any,
+              workers: Workers | None, cancelled: Any,
               plan: list[_Job], jobs: int) -> _Counts:
     """Restore every object, largest first: one at a time in a thread of this process (which
     would otherwise only wait) and one in each worker process; with a shared store, `jobs`
     threads (the codecs release the GIL)."""
     local_slots = min(worker_processes(jobs), len(plan)) if shared else 1
     local = ThreadPoolExecutor(max_workers=max(1, local_slots), thread_name_prefix="restore")
-    pool, remote_slots = workers
+    pool = workers.pool if workers is not None else None
+    remote_slots = workers.count if workers is not None else 0
     payload = config.to_dict()
     queue = collections.deque(plan)  # largest first
     counts = _Counts()

@@ -200,9 +200,9 @@ def upload_barman_backup(
                 backup.backup_id, backup.backup_dir, format_size(state.planned_bytes),
                 len(state.chunks),
             )
-            results = upload_chunks(
-                state, options.jobs, None, upload_store, max_bandwidth=options.max_bandwidth
-            )
+            results = upload_chunks(state, options.jobs, None, store,
+                                    shared=upload_store is not None,
+                                    max_bandwidth=options.max_bandwidth)
             suffix = get_codec(state.compression).suffix
             seal_archives(store, prefix, [layout.archive_key(prefix, chunk.name, suffix)
                                           for chunk in state.chunks], options.server_name)

@@ -73,11 +73,12 @@ class Workers:
         context = multiprocessing.get_context("spawn")
         self.count = count
         self.cancelled = context.Event()
-        bandwidth = ((max_bandwidth, context.Value("d", 0.0), context.Lock())
-                     if max_bandwidth else None)
+        # the shared timeline of --max-bandwidth; the parent's own thread joins it too
+        self.bandwidth: tuple[int, Any, Any] | None = (
+            (max_bandwidth, context.Value("d", 0.0), context.Lock()) if max_bandwidth else None)
         self.pool = ProcessPoolExecutor(
             max_workers=count, mp_context=context, initializer=_init_worker,
-            initargs=(logging.getLogger().level, self.cancelled, bandwidth))
+            initargs=(logging.getLogger().level, self.cancelled, self.bandwidth))
         for _ in range(count):
             self.pool.submit(_warm_up, config.to_dict())
 

@@ -592,9 +592,10 @@ def table(results: Results, rows: list[dict[str, Any]]) -> str:
                          f"| {runs[0].bytes_in / MB / seconds:.0f} | {out / MB:.1f} |")
     manifests = [r["runner_manifest_bytes"] for r in rows if r.get("runner_manifest_bytes")]
     if manifests:
+        low, high = f"{min(manifests) / MB:.1f}", f"{max(manifests) / MB:.1f}"
         lines += ["", f"Bytes stored count what Barman also stores (the archives and backup.info "
                       f"under base/); the runner also writes its per-archive manifests beside "
-                      f"them: {min(manifests) / MB:.1f}-{max(manifests) / MB:.1f} MB here."]
+                      f"them: {low if low == high else low + '-' + high} MB here."]
     loads = [r.load[0] for r in results.runs]
     if loads:
         lines += ["", f"Load average (1 min) at the start of each run: min {min(loads):.2f}, "
